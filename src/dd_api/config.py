@@ -1,0 +1,237 @@
+"""Settings read from the environment once, at start-up.
+
+Names and defaults follow the original service where it had them. Every value is
+parsed and checked here, so a bad deployment stops at start-up with a message
+naming the variable instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from uuid import UUID
+
+ENVIRONMENTS = ("development", "test", "scratch", "dev", "staging", "production")
+
+# Order matters: the 400 error lists them as a Python list, as the original does.
+ALLOWED_MIME_TYPES = (
+    "application/pdf",
+    "application/CDFV2",
+    "text/csv",
+    "text/plain",
+    "application/msword",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "image/jpeg",
+    "image/png",
+    "application/vnd.ms-excel",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.apple.numbers",
+)
+
+SECRET_SETTINGS = frozenset(
+    {"AUTH_TOKENS", "ANTIVIRUS_API_KEY", "SECRET_KEY", "ROUTE_SECRET_KEY_1", "ROUTE_SECRET_KEY_2"}
+)
+
+# The original shipped a development token; it must never be accepted in production.
+DEFAULT_AUTH_TOKEN = "auth-token"  # noqa: S105
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    NOTIFY_ENVIRONMENT: str = "development"
+    DEBUG: bool = True
+    AUTH_TOKENS: tuple[str, ...] = (DEFAULT_AUTH_TOKEN,)
+    SECRET_KEY: str = "secret-key"  # noqa: S105 - unused by dd-api logic, kept for parity
+    DOCUMENTS_BUCKET: str = "development-notification-canada-ca-document-download"
+    ALLOWED_MIME_TYPES: tuple[str, ...] = ALLOWED_MIME_TYPES
+    EXTRA_MIME_TYPES: frozenset[tuple[str, str]] = frozenset()
+    MAX_CONTENT_LENGTH: int = 10 * 1024 * 1024 + 1024
+    HTTP_SCHEME: str = "http"
+    BACKEND_HOSTNAME: str = "localhost:7000"
+    NOTIFY_APP_NAME: str = "Name"
+    NOTIFY_LOG_LEVEL: str = "INFO"
+    ANTIVIRUS_API_HOST: str = "http://localhost:6016"
+    ANTIVIRUS_API_KEY: str = ""
+    # Host for direct_file_url. Deliberately not Quart's SERVER_NAME, which would
+    # make every request to another Host (load balancer health checks) a 404.
+    SERVER_NAME: str | None = None
+    DOCUMENT_STORE: str = "local"
+    LOCAL_STORE_PATH: Path = field(default_factory=lambda: Path("./var/documents"))
+    S3_MAX_POOL_CONNECTIONS: int = 50
+    SCAN_CONCURRENCY: int = 4
+    SCAN_DEADLINE_SECONDS: float = 300.0
+    SCAN_ATTEMPT_TIMEOUT_SECONDS: float = 60.0
+    SCAN_MEMORY_THRESHOLD_BYTES: int = 512 * 1024
+    SCAN_TIMEOUT_SECONDS: int = 11 * 60
+    BACKGROUND_TASK_SHUTDOWN_TIMEOUT: float = 5.0
+    NOTIFY_TRACE_ID_HEADER: str = "X-B3-TraceId"
+    NOTIFY_SPAN_ID_HEADER: str = "X-B3-SpanId"
+    NOTIFY_PARENT_SPAN_ID_HEADER: str = "X-B3-ParentSpanId"
+    CHECK_PROXY_HEADER: bool = False
+    ROUTE_SECRET_KEY_1: str = ""
+    ROUTE_SECRET_KEY_2: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return _parse(env)
+
+    def masked(self) -> dict[str, object]:
+        """The effective settings with secrets replaced, for the start-up log."""
+        shown: dict[str, object] = {}
+        for name, value in asdict(self).items():
+            if name in SECRET_SETTINGS:
+                value = "***" if value else ""
+            elif isinstance(value, frozenset | tuple):
+                value = sorted(value) if isinstance(value, frozenset) else list(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            shown[name] = value
+        return shown
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    environment = _choice(env, "NOTIFY_ENVIRONMENT", ENVIRONMENTS, "development")
+    in_dev = environment in ("development", "test")
+    tokens = _auth_tokens(env, production=not in_dev and environment != "scratch")
+    return Settings(
+        NOTIFY_ENVIRONMENT=environment,
+        DEBUG=_bool(env, "DEBUG", in_dev),
+        AUTH_TOKENS=tokens,
+        SECRET_KEY=env.get("SECRET_KEY", "secret-key"),
+        DOCUMENTS_BUCKET=_bucket(env, "test-bucket" if environment == "test" else None),
+        EXTRA_MIME_TYPES=_extra_mime_types(env.get("EXTRA_MIME_TYPES", "")),
+        MAX_CONTENT_LENGTH=_int(env, "MAX_CONTENT_LENGTH", Settings.MAX_CONTENT_LENGTH, minimum=1),
+        HTTP_SCHEME=_choice(env, "HTTP_SCHEME", ("http", "https"), "http"),
+        BACKEND_HOSTNAME=_nonempty(env, "BACKEND_HOSTNAME", "localhost:7000"),
+        NOTIFY_APP_NAME=_nonempty(env, "NOTIFY_APP_NAME", "Name"),
+        NOTIFY_LOG_LEVEL=_choice(
+            env, "NOTIFY_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO"
+        ),
+        ANTIVIRUS_API_HOST=_url(env, "ANTIVIRUS_API_HOST", "http://localhost:6016"),
+        ANTIVIRUS_API_KEY=env.get("ANTIVIRUS_API_KEY", ""),
+        SERVER_NAME=env.get("SERVER_NAME") or None,
+        DOCUMENT_STORE=_choice(env, "DOCUMENT_STORE", ("local", "s3"), "local"),
+        LOCAL_STORE_PATH=Path(_nonempty(env, "LOCAL_STORE_PATH", "./var/documents")),
+        S3_MAX_POOL_CONNECTIONS=_int(env, "S3_MAX_POOL_CONNECTIONS", 50, minimum=1),
+        SCAN_CONCURRENCY=_int(env, "SCAN_CONCURRENCY", Settings.SCAN_CONCURRENCY, minimum=1),
+        SCAN_DEADLINE_SECONDS=_float(env, "SCAN_DEADLINE_SECONDS", 300.0),
+        SCAN_ATTEMPT_TIMEOUT_SECONDS=_float(env, "SCAN_ATTEMPT_TIMEOUT_SECONDS", 60.0),
+        SCAN_MEMORY_THRESHOLD_BYTES=_int(
+            env, "SCAN_MEMORY_THRESHOLD_BYTES", Settings.SCAN_MEMORY_THRESHOLD_BYTES, minimum=0
+        ),
+        SCAN_TIMEOUT_SECONDS=_int(env, "SCAN_TIMEOUT_SECONDS", 660, minimum=1),
+        BACKGROUND_TASK_SHUTDOWN_TIMEOUT=_float(env, "BACKGROUND_TASK_SHUTDOWN_TIMEOUT", 5.0),
+        NOTIFY_TRACE_ID_HEADER=_nonempty(env, "NOTIFY_TRACE_ID_HEADER", "X-B3-TraceId"),
+        NOTIFY_SPAN_ID_HEADER=_nonempty(env, "NOTIFY_SPAN_ID_HEADER", "X-B3-SpanId"),
+        NOTIFY_PARENT_SPAN_ID_HEADER=_nonempty(
+            env, "NOTIFY_PARENT_SPAN_ID_HEADER", "X-B3-ParentSpanId"
+        ),
+        CHECK_PROXY_HEADER=_bool(env, "CHECK_PROXY_HEADER", False),
+        ROUTE_SECRET_KEY_1=env.get("ROUTE_SECRET_KEY_1", ""),
+        ROUTE_SECRET_KEY_2=env.get("ROUTE_SECRET_KEY_2", ""),
+    )
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, default).strip() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _nonempty(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip()
+    if not value:
+        raise ConfigError(f"{name} must not be empty")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false; got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number; got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}; got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds; got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be greater than 0; got {raw!r}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL")
+    return value
+
+
+def _bucket(env: Mapping[str, str], test_default: str | None) -> str:
+    default = test_default or Settings.DOCUMENTS_BUCKET
+    value = env.get("DOCUMENTS_BUCKET", default).strip()
+    if not 3 <= len(value) <= 63:
+        raise ConfigError("DOCUMENTS_BUCKET must be an S3 bucket name of 3 to 63 characters")
+    return value
+
+
+def _auth_tokens(env: Mapping[str, str], *, production: bool) -> tuple[str, ...]:
+    raw = env.get("AUTH_TOKENS")
+    if raw is None:
+        if production:
+            raise ConfigError("AUTH_TOKENS must be set outside development and test")
+        return (DEFAULT_AUTH_TOKEN,)
+    tokens = tuple(token for token in raw.split(":") if token)
+    if not tokens:
+        raise ConfigError("AUTH_TOKENS must hold at least one colon-separated token")
+    if production and DEFAULT_AUTH_TOKEN in tokens:
+        raise ConfigError("AUTH_TOKENS must not contain the development token outside development")
+    return tokens
+
+
+def _extra_mime_types(raw: str) -> frozenset[tuple[str, str]]:
+    pairs = set()
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        service_id, sep, mimetype = item.partition(":")
+        try:
+            service = str(UUID(service_id))
+        except ValueError:
+            service = ""
+        if not sep or not service or "/" not in mimetype:
+            raise ConfigError(
+                "EXTRA_MIME_TYPES must be a comma-separated list of <service_id>:<mime/type>; "
+                f"bad item {item!r}"
+            )
+        pairs.add((service, mimetype.strip()))
+    return frozenset(pairs)

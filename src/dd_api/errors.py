@@ -1,0 +1,55 @@
+"""Every error leaves the service as ``{"error": "..."}``, never an HTML page or a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart, Response, jsonify
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+log = logging.getLogger(__name__)
+
+TOO_LARGE = "Uploaded document exceeds file size limit"
+
+
+class ApiError(Exception):
+    """An expected failure with a message that is safe to show the caller."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def json_error(status: int, message: str) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    return response
+
+
+def register(app: Quart) -> None:
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+
+
+async def _api_error(error: ApiError) -> Response:
+    return json_error(error.status, error.message)
+
+
+async def _too_large(error: RequestEntityTooLarge) -> Response:
+    return json_error(413, TOO_LARGE)
+
+
+async def _http_error(error: HTTPException) -> Response:
+    response = json_error(error.code or 500, error.name)
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+async def _unexpected(error: Exception) -> Response:
+    # The exception text is logged, never sent: it may name buckets, paths or hosts.
+    log.error("Unhandled error: %s", type(error).__name__, exc_info=error)
+    return json_error(500, "Internal server error")

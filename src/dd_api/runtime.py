@@ -1,0 +1,20 @@
+"""The per-process dependencies the views use, created in ``before_serving``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quart import current_app
+
+from .config import Settings
+from .store import DocumentStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: DocumentStore
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["dd_api"]

@@ -1,0 +1,19 @@
+"""Document storage: one interface, an S3 and an encrypted local implementation."""
+
+from .base import (
+    DocumentKeyMismatch,
+    DocumentNotFound,
+    DocumentStore,
+    Location,
+    StoredDocument,
+    StoreError,
+)
+
+__all__ = [
+    "DocumentKeyMismatch",
+    "DocumentNotFound",
+    "DocumentStore",
+    "Location",
+    "StoreError",
+    "StoredDocument",
+]

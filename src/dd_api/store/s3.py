@@ -1,0 +1,168 @@
+"""S3 store: SSE-C with the document's own key, SSE-S3 for template attachments."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any, BinaryIO
+from urllib.parse import urlencode
+
+import aioboto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .base import (
+    DocumentKeyMismatch,
+    DocumentNotFound,
+    Location,
+    StoredDocument,
+    StoreError,
+    with_fallback,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+# S3's answers when the SSE-C key is missing, wrong, or not 32 bytes.
+_KEY_ERRORS = {"InvalidRequest", "AccessDenied", "InvalidArgument", "400", "403"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_KEYED_READS = {"get_object", "head_object"}
+
+
+class S3Store:
+    def __init__(self, bucket: str, *, max_pool_connections: int = 50) -> None:
+        self.bucket = bucket
+        self._max_pool_connections = max_pool_connections
+        self._stack: AsyncExitStack | None = None
+        self._client: Any = None
+
+    async def open(self) -> None:
+        # Endpoint and credentials come from the standard AWS variables
+        # (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...), as for any AWS SDK.
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        config = BotoConfig(
+            max_pool_connections=self._max_pool_connections,
+            retries={"mode": "standard", "max_attempts": 3},
+        )
+        self._stack = AsyncExitStack()
+        self._client = await self._stack.enter_async_context(
+            aioboto3.Session().client("s3", region_name=region or "ca-central-1", config=config)
+        )
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = None
+
+    async def put(
+        self,
+        location: Location,
+        body: BinaryIO,
+        *,
+        size: int,
+        mimetype: str,
+        key: bytes | None,
+        tags: Mapping[str, str],
+    ) -> None:
+        await self._call(
+            self._client.put_object,
+            Bucket=self.bucket,
+            Key=location.key,
+            Body=body,
+            ContentLength=size,
+            ContentType=mimetype,
+            Tagging=urlencode(tags),
+            **_encryption(key),
+        )
+
+    async def get(self, location: Location, key: bytes | None) -> StoredDocument:
+        response = await with_fallback(
+            location, lambda object_key: self._get_object(object_key, key)
+        )
+        body = response["Body"]
+        return StoredDocument(
+            mimetype=response["ContentType"],
+            size=response["ContentLength"],
+            chunks=body.iter_chunks(CHUNK_SIZE),
+            release=body.close,
+        )
+
+    async def get_tags(self, location: Location) -> dict[str, str]:
+        response = await with_fallback(
+            location,
+            lambda object_key: self._call(
+                self._client.get_object_tagging, Bucket=self.bucket, Key=object_key
+            ),
+        )
+        return {tag["Key"]: tag["Value"] for tag in response["TagSet"]}
+
+    async def last_modified(self, location: Location) -> datetime:
+        # Listing needs no SSE-C key, unlike HeadObject and GetObjectAttributes.
+        return await with_fallback(location, self._listed_last_modified)
+
+    async def put_tags(self, location: Location, tags: Mapping[str, str]) -> None:
+        tag_set = [{"Key": name, "Value": value} for name, value in tags.items()]
+        await with_fallback(
+            location,
+            lambda object_key: self._call(
+                self._client.put_object_tagging,
+                Bucket=self.bucket,
+                Key=object_key,
+                Tagging={"TagSet": tag_set},
+            ),
+        )
+
+    async def delete(self, location: Location, key: bytes | None) -> None:
+        object_key = await with_fallback(location, lambda object_key: self._head(object_key, key))
+        # DeleteObject takes no SSE-C parameters: the key was checked by the HEAD above.
+        await self._call(self._client.delete_object, Bucket=self.bucket, Key=object_key)
+
+    async def ping(self) -> None:
+        await self._call(self._client.head_bucket, Bucket=self.bucket)
+
+    async def _get_object(self, object_key: str, key: bytes | None) -> dict[str, Any]:
+        return await self._call(
+            self._client.get_object, Bucket=self.bucket, Key=object_key, **_key_params(key)
+        )
+
+    async def _head(self, object_key: str, key: bytes | None) -> str:
+        await self._call(
+            self._client.head_object, Bucket=self.bucket, Key=object_key, **_key_params(key)
+        )
+        return object_key
+
+    async def _listed_last_modified(self, object_key: str) -> datetime:
+        response = await self._call(
+            self._client.list_objects_v2, Bucket=self.bucket, Prefix=object_key, MaxKeys=1
+        )
+        for item in response.get("Contents", []):
+            if item["Key"] == object_key:
+                return item["LastModified"]
+        raise DocumentNotFound(object_key)
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], **params: Any) -> Any:
+        try:
+            return await method(**params)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND:
+                raise DocumentNotFound(params.get("Key", "")) from None
+            if code in _KEY_ERRORS and "SSECustomerAlgorithm" in params:
+                raise DocumentKeyMismatch(code) from None
+            if code in {"InvalidRequest", "400"} and method.__name__ in _KEYED_READS:
+                # an SSE-C object asked for without a key
+                raise DocumentKeyMismatch(code) from None
+            raise StoreError(f"S3 {method.__name__} failed: {code}") from None
+        except BotoCoreError as error:
+            raise StoreError(f"S3 {method.__name__} failed: {type(error).__name__}") from None
+
+
+def _key_params(key: bytes | None) -> dict[str, Any]:
+    return {} if key is None else {"SSECustomerKey": key, "SSECustomerAlgorithm": "AES256"}
+
+
+def _encryption(key: bytes | None) -> dict[str, Any]:
+    return {"ServerSideEncryption": "AES256"} if key is None else _key_params(key)

@@ -1,0 +1,61 @@
+"""``DELETE /services/<id>/documents/<id>``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from quart import Blueprint, request
+
+from ..auth import require_bearer
+from ..errors import ApiError
+from ..runtime import runtime
+from ..store import DocumentKeyMismatch, DocumentNotFound, Location, StoreError
+from .params import INVALID_KEY, document_key
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("delete", __name__)
+
+MISSING_KEY = (
+    "Missing decryption key. Key is required for all sending methods except 'template_attach'."
+)
+
+
+@blueprint.delete("/services/<uuid:service_id>/documents/<uuid:document_id>")
+@require_bearer
+async def delete_document(service_id: UUID, document_id: UUID) -> tuple[dict[str, Any], int]:
+    params = await _params()
+    location = Location(service_id, document_id, _text(params, "sending_method") or "link")
+    key = document_key(location, _text(params, "key"), missing=MISSING_KEY)
+    extra = {"service_id": str(service_id), "document_id": str(document_id)}
+    try:
+        await runtime().store.delete(location, key)
+    except DocumentNotFound:
+        raise ApiError(404, "Document not found") from None
+    except DocumentKeyMismatch:
+        raise ApiError(400, INVALID_KEY) from None
+    except StoreError as error:
+        log.error("Delete failed: %s", error, extra=extra)
+        raise ApiError(503, "Document storage is unavailable, try again later") from None
+    log.info("Document deleted", extra={**extra, "sending_method": location.sending_method})
+    return {"message": "Document deleted", "status": "ok"}, 200
+
+
+async def _params() -> Mapping[str, Any]:
+    # As the original: a JSON body when the request is JSON, the query string otherwise.
+    if not request.is_json:
+        return request.args
+    body = await request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body
+
+
+def _text(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string")
+    return value

@@ -1,0 +1,110 @@
+"""Constants and helpers shared by the tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from io import BytesIO
+from pathlib import Path
+
+import boto3
+import httpx
+from quart import Quart
+from quart.datastructures import FileStorage
+from quart.testing import QuartClient
+from quart.testing.utils import make_test_body_with_headers
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SERVICE_ID = "00000000-0000-0000-0000-000000000000"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def new_bucket(endpoint: str) -> str:
+    name = f"dd-test-{uuid.uuid4().hex[:20]}"
+    s3_client(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def s3_client(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": AWS_ENV["AWS_DEFAULT_REGION"],
+    }
+
+
+@asynccontextmanager
+async def running(app: Quart) -> AsyncIterator[QuartClient]:
+    """The app with its lifespan run (before/after_serving), as Hypercorn would run it."""
+    async with app.test_app() as test_app:
+        yield test_app.test_client()
+
+
+def document(content: bytes, filename: str = "document") -> dict[str, FileStorage]:
+    """The ``files=`` of an upload, as notification-api sends it (part filename ``document``)."""
+    return {"document": FileStorage(BytesIO(content), filename=filename)}
+
+
+async def post_form(
+    client: QuartClient,
+    path: str,
+    *,
+    files: dict[str, FileStorage] | None = None,
+    form: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+):
+    """POST multipart with a Content-Length, as real clients send it (the test client omits it)."""
+    body, body_headers = make_test_body_with_headers(files=files or {}, form=form)
+    body_headers["Content-Length"] = str(len(body))
+    return await client.post(path, data=body, headers={**body_headers, **(headers or {})})
+
+
+async def upload(
+    client: QuartClient,
+    content: bytes = b"%PDF-1.4 file contents",
+    service_id: str = SERVICE_ID,
+    **form: str,
+) -> dict:
+    response = await post_form(
+        client,
+        f"/services/{service_id}/documents",
+        files=document(content),
+        form=form,
+        headers=AUTH,
+    )
+    assert response.status_code == 201, await response.get_data(as_text=True)
+    return (await response.get_json())["document"]
