@@ -111,3 +111,6 @@ async def client(base_env: dict[str, str], store_env: dict[str, str]) -> AsyncIt
     async with running(app) as test_client:
         test_client.app = app
         yield test_client
+
+
+from tests.support.scanfiles import scanfiles  # noqa: E402, F401 - the scan-files stand-in fixture

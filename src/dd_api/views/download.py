@@ -8,6 +8,7 @@ from urllib.parse import quote
 from uuid import UUID
 
 from quart import Blueprint, Response, request
+from werkzeug.exceptions import NotFound
 
 from ..errors import ApiError
 from ..runtime import runtime
@@ -30,7 +31,8 @@ async def download_document(service_id: UUID, document_id: UUID) -> Response:
 
 @blueprint.get("/d/<base64_uuid:service_id>/<base64_uuid:document_id>")
 async def download_short_link(service_id: UUID, document_id: UUID) -> Response:
-    # The public link: every failure looks the same, so it tells a stranger nothing.
+    # The public link: every failure is the same 404 as an unknown URL, so it tells a
+    # stranger nothing (not even whether the ids exist).
     location = Location(service_id, document_id, request.args.get("sending_method", "link"))
     try:
         key = document_key(location, request.args.get("key"))
@@ -38,7 +40,7 @@ async def download_short_link(service_id: UUID, document_id: UUID) -> Response:
     except ApiError as error:
         if error.status >= 500:
             raise
-        raise ApiError(404, NOT_FOUND) from None
+        raise NotFound() from None
 
 
 async def _serve(location: Location, key: bytes | None) -> Response:
@@ -54,7 +56,12 @@ async def _serve(location: Location, key: bytes | None) -> Response:
         log.error("Download failed: %s", error, extra=extra)
         raise ApiError(503, "Document storage is unavailable, try again later") from None
 
-    response = Response(document, mimetype=document.mimetype)
+    if request.method == "HEAD":
+        # headers only: release the S3 connection (or file) without reading the body
+        await document.aclose()
+        response = Response(b"", mimetype=document.mimetype)
+    else:
+        response = Response(document, mimetype=document.mimetype)
     # Large files on slow links must not be cut off by Quart's RESPONSE_TIMEOUT.
     response.timeout = None
     response.headers["Content-Length"] = str(document.size)

@@ -1,0 +1,77 @@
+"""Settings: the original's names and defaults, and start-up refusing bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from dd_api.config import ConfigError, Settings
+
+
+def test_defaults_match_the_original() -> None:
+    settings = Settings.from_env({})
+    assert settings.NOTIFY_ENVIRONMENT == "development"
+    assert settings.AUTH_TOKENS == ("auth-token",)
+    assert settings.MAX_CONTENT_LENGTH == 10 * 1024 * 1024 + 1024
+    assert (settings.HTTP_SCHEME, settings.BACKEND_HOSTNAME) == ("http", "localhost:7000")
+    assert settings.DOCUMENTS_BUCKET == "development-notification-canada-ca-document-download"
+    assert settings.DOCUMENT_STORE == "local"
+    assert str(settings.LOCAL_STORE_PATH) == "var/documents"
+    assert settings.EXTRA_MIME_TYPES == frozenset()
+    assert Settings.from_env({"NOTIFY_ENVIRONMENT": "test"}).DOCUMENTS_BUCKET == "test-bucket"
+
+
+def test_auth_tokens_are_colon_separated() -> None:
+    assert Settings.from_env({"AUTH_TOKENS": "a:b::c"}).AUTH_TOKENS == ("a", "b", "c")
+
+
+def test_extra_mime_types_are_parsed_into_pairs() -> None:
+    sid = "00000000-0000-0000-0000-000000000000"
+    settings = Settings.from_env({"EXTRA_MIME_TYPES": f"{sid}:application/json, {sid}:image/gif"})
+    assert settings.EXTRA_MIME_TYPES == {(sid, "application/json"), (sid, "image/gif")}
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"NOTIFY_ENVIRONMENT": "prod"}, "NOTIFY_ENVIRONMENT"),
+        ({"DOCUMENT_STORE": "gcs"}, "DOCUMENT_STORE"),
+        ({"MAX_CONTENT_LENGTH": "ten"}, "MAX_CONTENT_LENGTH"),
+        ({"MAX_CONTENT_LENGTH": "0"}, "MAX_CONTENT_LENGTH"),
+        ({"EXTRA_MIME_TYPES": "not-a-uuid:application/json"}, "EXTRA_MIME_TYPES"),
+        ({"EXTRA_MIME_TYPES": "00000000-0000-0000-0000-000000000000"}, "EXTRA_MIME_TYPES"),
+        ({"HTTP_SCHEME": "ftp"}, "HTTP_SCHEME"),
+        ({"ANTIVIRUS_API_HOST": "localhost:6016"}, "ANTIVIRUS_API_HOST"),
+        ({"AUTH_TOKENS": ":"}, "AUTH_TOKENS"),
+        ({"DEBUG": "maybe"}, "DEBUG"),
+        ({"SCAN_CONCURRENCY": "0"}, "SCAN_CONCURRENCY"),
+        ({"BACKGROUND_TASK_SHUTDOWN_TIMEOUT": "-1"}, "BACKGROUND_TASK_SHUTDOWN_TIMEOUT"),
+        ({"DOCUMENTS_BUCKET": "b"}, "DOCUMENTS_BUCKET"),
+        ({"NOTIFY_ENVIRONMENT": "production"}, "AUTH_TOKENS"),
+        ({"NOTIFY_ENVIRONMENT": "production", "AUTH_TOKENS": "auth-token"}, "AUTH_TOKENS"),
+    ],
+)
+def test_bad_values_stop_start_up_naming_the_variable(env, variable) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env(env)
+
+
+def test_production_is_not_in_debug() -> None:
+    settings = Settings.from_env({"NOTIFY_ENVIRONMENT": "production", "AUTH_TOKENS": "s3cr3t"})
+    assert settings.DEBUG is False
+
+
+def test_masked_config_hides_every_secret() -> None:
+    settings = Settings.from_env(
+        {
+            "AUTH_TOKENS": "token-one:token-two",
+            "ANTIVIRUS_API_KEY": "scan-secret",
+            "SECRET_KEY": "flask-secret",
+            "ROUTE_SECRET_KEY_1": "route-one",
+            "ROUTE_SECRET_KEY_2": "route-two",
+        }
+    )
+    shown = repr(settings.masked())
+    for secret in ("token-one", "token-two", "scan-secret", "flask-secret", "route-one"):
+        assert secret not in shown
+    assert settings.masked()["AUTH_TOKENS"] == "***"
+    assert settings.masked()["DOCUMENT_STORE"] == "local"

@@ -1,0 +1,169 @@
+"""The production command, as a real process: hypercorn -c hypercorn.toml dd_api.asgi:app."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import AUTH, BIN, SERVICE_ID, free_port, wait_for_http
+
+ROOT = Path(__file__).resolve().parent.parent
+PDF = b"%PDF-1.4 " + b"x" * 100_000
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
+        self.process, self.url, self.log = process, url, log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.output()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Run the production command on a free loopback port with ``env`` added."""
+    servers: list[Server] = []
+
+    def start(env: dict[str, str] | None = None) -> Server:
+        port = free_port()
+        log = tmp_path / f"server-{port}.log"
+        process = subprocess.Popen(
+            [
+                str(BIN / "hypercorn"),
+                "-c",
+                "hypercorn.toml",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "dd_api.asgi:app",
+            ],
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "LOCAL_STORE_PATH": str(tmp_path / "docs"), **(env or {})},
+        )
+        server = Server(process, f"http://127.0.0.1:{port}", log)
+        servers.append(server)
+        wait_for_http(f"{server.url}/_status", process)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def upload(url: str, content: bytes = PDF, **form: str) -> dict:
+    response = httpx.post(
+        f"{url}/services/{SERVICE_ID}/documents",
+        files={"document": ("document", content)},
+        data=form,
+        headers=AUTH,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["document"]
+
+
+def test_upload_then_download_on_the_default_store(serve) -> None:
+    server = serve({"AUTH_TOKENS": "test-token"})
+    body = upload(server.url, filename="report.pdf", sending_method="link")
+    short = body["url"].replace("http://localhost:7000", server.url)
+    response = httpx.get(short)
+    assert response.status_code == 200
+    assert response.content == PDF
+    assert response.headers["content-disposition"] == "attachment; filename=report.pdf"
+
+
+def test_chunked_upload_is_refused_with_411_and_nothing_stored(serve, tmp_path) -> None:
+    server = serve({"AUTH_TOKENS": "test-token"})
+
+    def chunks():
+        yield b'--boundary\r\nContent-Disposition: form-data; name="document"; '
+        yield b'filename="document"\r\n\r\n'
+        for _ in range(20):  # 20 MiB, far over the limit
+            yield b"a" * (1024 * 1024)
+        yield b"\r\n--boundary--\r\n"
+
+    response = httpx.post(
+        f"{server.url}/services/{SERVICE_ID}/documents",
+        content=chunks(),
+        headers={**AUTH, "Content-Type": "multipart/form-data; boundary=boundary"},
+    )
+    assert response.status_code == 411
+    assert response.json() == {"error": "Content-Length header is required"}
+    assert not list((tmp_path / "docs").rglob("*.data"))
+
+
+def test_head_gives_the_length_and_no_body(serve) -> None:
+    server = serve({"AUTH_TOKENS": "test-token"})
+    body = upload(server.url)
+    direct = body["direct_file_url"].replace("http://", "").split("/", 1)[1]
+    response = httpx.head(f"{server.url}/{direct}")
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(len(PDF))
+    assert response.content == b""
+
+
+def test_keys_and_tokens_never_reach_the_logs(serve) -> None:
+    server = serve({"AUTH_TOKENS": "test-token", "NOTIFY_ENVIRONMENT": "development"})
+    body = upload(server.url, filename="a.pdf", sending_method="attach")
+    key = body["url"].split("key=")[1].split("&")[0]
+    short = body["url"].replace("http://localhost:7000", server.url)
+    assert httpx.get(short).status_code == 200
+    assert httpx.get(short.replace(key, "A" * 43)).status_code in (200, 404)
+    httpx.delete(
+        f"{server.url}/services/{SERVICE_ID}/documents/{body['id']}?key={key}&sending_method=attach",
+        headers=AUTH,
+    )
+    httpx.post(
+        f"{server.url}/services/{SERVICE_ID}/documents",
+        headers={"Authorization": "Bearer wrong-token-value"},
+        files={"document": ("document", PDF)},
+    )
+    output = server.stop()
+    assert "/d/" in output and "DELETE" in output  # the access log is there...
+    for secret in (key, "test-token", "wrong-token-value"):
+        assert secret not in output  # ...without the query strings or tokens
+
+
+def test_bad_config_stops_start_up_with_the_variable_named(tmp_path) -> None:
+    result = subprocess.run(
+        [
+            str(BIN / "hypercorn"),
+            "-c",
+            "hypercorn.toml",
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "dd_api.asgi:app",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DOCUMENT_STORE": "floppy"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "DOCUMENT_STORE" in result.stdout + result.stderr
+
+
+def test_the_asgi_module_is_importable_with_no_settings(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "AUTH_", "AWS_"))}
+    code = "from dd_api.asgi import app; print(type(app).__name__)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "Quart", result.stderr
