@@ -8,11 +8,17 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dd_api.app import create_app
 from tests.helpers import AWS_ENV, BIN, TOKEN, free_port, new_bucket, running, wait_for_http
+
+if TYPE_CHECKING:
+    from tests.support.scanfiles import ScanFilesStandIn
+
+pytest_plugins = ["tests.support.scanfiles"]  # the scan-files stand-in fixture
 
 
 @pytest.fixture(scope="session")
@@ -71,13 +77,17 @@ def s3_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], dict[str, str]]:
 
 
 @pytest.fixture
-def base_env(tmp_path: Path) -> dict[str, str]:
+def base_env(tmp_path: Path, scanfiles: ScanFilesStandIn) -> dict[str, str]:
     return {
         "NOTIFY_ENVIRONMENT": "test",
         "AUTH_TOKENS": f"auth-token:{TOKEN}",
         "LOCAL_STORE_PATH": str(tmp_path / "documents"),
         "SERVER_NAME": "document-download.test",
-        "ANTIVIRUS_API_KEY": "scan-files-secret",
+        "ANTIVIRUS_API_HOST": scanfiles.url,
+        "ANTIVIRUS_API_KEY": scanfiles.api_key,
+        # below the 6 s Quart's test app allows for shutdown
+        "BACKGROUND_TASK_SHUTDOWN_TIMEOUT": "3",
+        "SCAN_DEADLINE_SECONDS": "5",
     }
 
 
@@ -111,6 +121,3 @@ async def client(base_env: dict[str, str], store_env: dict[str, str]) -> AsyncIt
     async with running(app) as test_client:
         test_client.app = app
         yield test_client
-
-
-from tests.support.scanfiles import scanfiles  # noqa: E402, F401 - the scan-files stand-in fixture

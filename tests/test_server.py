@@ -36,7 +36,7 @@ class Server:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def serve(tmp_path: Path, scanfiles) -> Iterator[Callable[..., Server]]:
     """Run the production command on a free loopback port with ``env`` added."""
     servers: list[Server] = []
 
@@ -55,7 +55,13 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             cwd=ROOT,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
-            env={**os.environ, "LOCAL_STORE_PATH": str(tmp_path / "docs"), **(env or {})},
+            env={
+                **os.environ,
+                "LOCAL_STORE_PATH": str(tmp_path / "docs"),
+                "ANTIVIRUS_API_HOST": scanfiles.url,
+                "ANTIVIRUS_API_KEY": scanfiles.api_key,
+                **(env or {}),
+            },
         )
         server = Server(process, f"http://127.0.0.1:{port}", log)
         servers.append(server)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from dataclasses import fields
 
+import httpx
 from quart import Quart
 
 from . import errors
 from .config import Settings
 from .converters import Base64UUIDConverter
 from .runtime import Runtime
+from .scanning.client import ScanClient
+from .scanning.scanner import Scanner
 from .store import DocumentStore
 from .store.local import LocalStore
 from .store.s3 import S3Store
-from .views import delete, download, status, upload
+from .views import delete, download, status, upload, verdict
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +31,35 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
     _configure(app, settings)
     app.url_map.converters["base64_uuid"] = Base64UUIDConverter
     errors.register(app)
-    for blueprint in (status.blueprint, upload.blueprint, download.blueprint, delete.blueprint):
-        app.register_blueprint(blueprint)
+    for view in (status, upload, download, delete, verdict):
+        app.register_blueprint(view.blueprint)
 
     runtime = Runtime(settings=settings, store=_store(settings))
     app.extensions["dd_api"] = runtime
+
+    stack = AsyncExitStack()
 
     @app.before_serving
     async def open_dependencies() -> None:
         log.info("Starting with config: %s", settings.masked())
         await runtime.store.open()
+        stack.push_async_callback(runtime.store.close)
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(limits=httpx.Limits(max_connections=settings.SCAN_CONCURRENCY * 2))
+        )
+        client = ScanClient(
+            http,
+            host=settings.ANTIVIRUS_API_HOST,
+            api_key=settings.ANTIVIRUS_API_KEY,
+            deadline=settings.SCAN_DEADLINE_SECONDS,
+            attempt_timeout=settings.SCAN_ATTEMPT_TIMEOUT_SECONDS,
+        )
+        runtime.scanner = Scanner(client, runtime.store, concurrency=settings.SCAN_CONCURRENCY)
 
     @app.after_serving
     async def close_dependencies() -> None:
-        await runtime.store.close()
+        # Quart runs this after background scans finished or were cancelled.
+        await stack.aclose()
 
     return app
 

@@ -115,7 +115,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
             env, "NOTIFY_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO"
         ),
         ANTIVIRUS_API_HOST=_url(env, "ANTIVIRUS_API_HOST", "http://localhost:6016"),
-        ANTIVIRUS_API_KEY=env.get("ANTIVIRUS_API_KEY", ""),
+        # a trailing newline from a secrets file would make every scan a 401
+        ANTIVIRUS_API_KEY=env.get("ANTIVIRUS_API_KEY", "").strip(),
         SERVER_NAME=env.get("SERVER_NAME") or None,
         DOCUMENT_STORE=_choice(env, "DOCUMENT_STORE", ("local", "s3"), "local"),
         LOCAL_STORE_PATH=Path(_nonempty(env, "LOCAL_STORE_PATH", "./var/documents")),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from quart import current_app
 
 from .config import Settings
+from .scanning.scanner import Scanner
 from .store import DocumentStore
 
 
@@ -14,6 +15,7 @@ from .store import DocumentStore
 class Runtime:
     settings: Settings
     store: DocumentStore
+    scanner: Scanner | None = None  # set in before_serving: it needs the running loop
 
 
 def runtime() -> Runtime:

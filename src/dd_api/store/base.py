@@ -35,6 +35,10 @@ class Location:
     sending_method: str | None
 
     @property
+    def log_extra(self) -> dict[str, str]:
+        return {"service_id": str(self.service_id), "document_id": str(self.document_id)}
+
+    @property
     def needs_key(self) -> bool:
         # template attachments are encrypted by the store (SSE-S3), not by a customer key
         return self.sending_method != TEMPLATE_ATTACH

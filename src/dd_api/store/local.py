@@ -44,6 +44,9 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self._store_key: bytes | None = None
+        # Tag writes read-modify-write the metadata: without this a verdict landing during
+        # a delete would write the metadata back and resurrect a half-deleted document.
+        self._mutations = asyncio.Lock()
 
     async def open(self) -> None:
         self._store_key = await asyncio.to_thread(self._load_store_key)
@@ -73,7 +76,10 @@ class LocalStore:
     async def get(self, location: Location, key: bytes | None) -> StoredDocument:
         object_key, meta = await with_fallback(location, self._read_meta_for)
         cipher_key = self._opening_key(meta, key)
-        handle = await asyncio.to_thread(self._data_path(object_key).open, "rb")
+        try:
+            handle = await asyncio.to_thread(self._data_path(object_key).open, "rb")
+        except FileNotFoundError:  # deleted since the metadata was read
+            raise DocumentNotFound(object_key) from None
         try:
             segments = _Segments(handle, AESGCM(cipher_key), meta["size"])
             first = await asyncio.to_thread(segments.next)
@@ -96,14 +102,16 @@ class LocalStore:
         return datetime.fromtimestamp(meta["created"], tz=UTC)
 
     async def put_tags(self, location: Location, tags: Mapping[str, str]) -> None:
-        object_key, meta = await with_fallback(location, self._read_meta_for)
-        meta["tags"] = dict(tags)
-        await asyncio.to_thread(self._write_meta, object_key, meta)
+        async with self._mutations:
+            object_key, meta = await with_fallback(location, self._read_meta_for)
+            meta["tags"] = dict(tags)
+            await asyncio.to_thread(self._write_meta, object_key, meta)
 
     async def delete(self, location: Location, key: bytes | None) -> None:
-        object_key, meta = await with_fallback(location, self._read_meta_for)
-        await asyncio.to_thread(self._check_key, object_key, meta, key)
-        await asyncio.to_thread(self._remove, object_key)
+        async with self._mutations:
+            object_key, meta = await with_fallback(location, self._read_meta_for)
+            await asyncio.to_thread(self._check_key, object_key, meta, key)
+            await asyncio.to_thread(self._remove, object_key)
 
     async def ping(self) -> None:
         if not await asyncio.to_thread(os.access, self.root, os.W_OK):

@@ -12,8 +12,9 @@ from quart import Blueprint, request
 from ..auth import require_bearer
 from ..errors import ApiError
 from ..runtime import runtime
-from ..store import DocumentKeyMismatch, DocumentNotFound, Location, StoreError
-from .params import INVALID_KEY, document_key
+from ..store import Location
+from .params import document_key
+from .store_errors import store_errors
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,12 @@ async def delete_document(service_id: UUID, document_id: UUID) -> tuple[dict[str
     params = await _params()
     location = Location(service_id, document_id, _text(params, "sending_method") or "link")
     key = document_key(location, _text(params, "key"), missing=MISSING_KEY)
-    extra = {"service_id": str(service_id), "document_id": str(document_id)}
-    try:
+    with store_errors(location, "Delete"):
         await runtime().store.delete(location, key)
-    except DocumentNotFound:
-        raise ApiError(404, "Document not found") from None
-    except DocumentKeyMismatch:
-        raise ApiError(400, INVALID_KEY) from None
-    except StoreError as error:
-        log.error("Delete failed: %s", error, extra=extra)
-        raise ApiError(503, "Document storage is unavailable, try again later") from None
-    log.info("Document deleted", extra={**extra, "sending_method": location.sending_method})
+    log.info(
+        "Document deleted",
+        extra={**location.log_extra, "sending_method": location.sending_method},
+    )
     return {"message": "Document deleted", "status": "ok"}, 200
 
 

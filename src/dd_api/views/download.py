@@ -12,14 +12,14 @@ from werkzeug.exceptions import NotFound
 
 from ..errors import ApiError
 from ..runtime import runtime
-from ..store import DocumentKeyMismatch, DocumentNotFound, Location, StoreError
-from .params import INVALID_KEY, document_key
+from ..scanning.verdict import Verdict, classify
+from ..store import Location
+from .params import document_key
+from .store_errors import store_errors
 
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("documents", __name__)
-
-NOT_FOUND = "Document not found"
 
 
 @blueprint.get("/services/<uuid:service_id>/documents/<uuid:document_id>")
@@ -44,17 +44,12 @@ async def download_short_link(service_id: UUID, document_id: UUID) -> Response:
 
 
 async def _serve(location: Location, key: bytes | None) -> Response:
-    extra = {"service_id": str(location.service_id), "document_id": str(location.document_id)}
-    try:
-        document = await runtime().store.get(location, key)
-    except DocumentNotFound:
-        raise ApiError(404, NOT_FOUND) from None
-    except DocumentKeyMismatch:
-        log.info("Download refused: the key does not open the document", extra=extra)
-        raise ApiError(400, INVALID_KEY) from None
-    except StoreError as error:
-        log.error("Download failed: %s", error, extra=extra)
-        raise ApiError(503, "Document storage is unavailable, try again later") from None
+    store = runtime().store
+    with store_errors(location, "Download"):
+        verdict = classify(await store.get_tags(location))
+    _check_verdict(location, verdict)
+    with store_errors(location, "Download"):
+        document = await store.get(location, key)
 
     if request.method == "HEAD":
         # headers only: release the S3 connection (or file) without reading the body
@@ -71,6 +66,20 @@ async def _serve(location: Location, key: bytes | None) -> Response:
     if filename:
         response.headers.set("Content-Disposition", "attachment", **_download_names(filename))
     return response
+
+
+def _check_verdict(location: Location, verdict: Verdict) -> None:
+    extra = {**location.log_extra, "scan_verdict": verdict.value}
+    if verdict is Verdict.MALICIOUS:
+        log.warning("Download blocked: malicious content", extra=extra)
+        raise ApiError(423, "Document download blocked")
+    # The rest is served: after a timeout or a failed scan the email may already be out.
+    if verdict is Verdict.IN_PROGRESS:
+        log.info("Document served before its scan finished", extra=extra)
+    elif verdict is Verdict.FAILED:
+        log.error("Document served although its scan failed", extra=extra)
+    elif verdict is Verdict.UNSUPPORTED:
+        log.warning("Document served although the scanner does not support it", extra=extra)
 
 
 def _download_names(filename: str) -> dict[str, str]:

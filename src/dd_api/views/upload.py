@@ -7,20 +7,25 @@ import secrets
 from typing import Any
 from uuid import UUID, uuid4
 
-from quart import Blueprint, request
+from dd_compat import current_trace_id
+from quart import Blueprint, current_app, request
 
 from .. import mime
 from ..auth import require_bearer
 from ..errors import ApiError
 from ..runtime import runtime
-from ..store import Location, StoreError
+from ..scanning.scanner import ScanJob, copy_for_scan
+from ..scanning.verdict import AV_STATUS_TAG, IN_PROGRESS
+from ..store import Location
 from ..urls import direct_file_url, short_url
+from .store_errors import store_errors
 
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("upload", __name__)
 
-IN_PROGRESS_TAGS = {"av-status": "in_progress"}
+# written with the document, so no reader ever sees it untagged
+IN_PROGRESS_TAGS = {AV_STATUS_TAG: IN_PROGRESS}
 
 
 @blueprint.post("/services/<uuid:service_id>/documents")
@@ -54,17 +59,24 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     document_id = uuid4()
     location = Location(service_id, document_id, sending_method)
     key = secrets.token_bytes(32) if location.needs_key else None
+    # The scan's copy is taken first: a document is stored only if its scan can run.
+    job = ScanJob(
+        location=location,
+        filename=filename or document.filename or "document",
+        mimetype=mimetype,
+        source=await copy_for_scan(stream, size, settings.SCAN_MEMORY_THRESHOLD_BYTES),
+        request_id=current_trace_id(),
+    )
+    stream.seek(0)
     try:
-        await runtime().store.put(
-            location, stream, size=size, mimetype=mimetype, key=key, tags=IN_PROGRESS_TAGS
-        )
-    except StoreError as error:
-        log.error(
-            "Document could not be stored: %s",
-            error,
-            extra={"service_id": str(service_id), "document_id": str(document_id)},
-        )
-        raise ApiError(503, "Document storage is unavailable, try again later") from None
+        with store_errors(location, "Upload"):
+            await runtime().store.put(
+                location, stream, size=size, mimetype=mimetype, key=key, tags=IN_PROGRESS_TAGS
+            )
+    except BaseException:
+        job.discard()
+        raise
+    current_app.add_background_task(runtime().scanner.run, job)
 
     log.info(
         "Document uploaded",

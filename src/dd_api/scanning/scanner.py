@@ -1,0 +1,131 @@
+"""Background scans: bounded concurrency, the verdict written as tags, nothing lost quietly.
+
+Each upload schedules one ``Scanner.run`` with ``app.add_background_task``. Scans
+beyond ``SCAN_CONCURRENCY`` wait for a slot; the upload never waits for any of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ..store import DocumentNotFound, DocumentStore, Location, StoreError
+from .client import SCANNER, ScanClient, ScanResult
+
+log = logging.getLogger(__name__)
+
+TAG_WRITE_ATTEMPTS = 5
+
+
+@dataclass
+class ScanJob:
+    location: Location
+    filename: str
+    mimetype: str
+    source: bytes | Path  # the job's own copy: the request's file is closed before it runs
+    request_id: str
+
+    @property
+    def log_extra(self) -> dict[str, str]:
+        return {
+            "service_id": str(self.location.service_id),
+            "document_id": str(self.location.document_id),
+        }
+
+    def discard(self) -> None:
+        if isinstance(self.source, Path):
+            self.source.unlink(missing_ok=True)
+
+
+async def copy_for_scan(stream: BinaryIO, size: int, memory_limit: int) -> bytes | Path:
+    """Small documents stay in memory; larger ones go to a temp file the scan owns, so a
+    backlog of queued scans never holds whole documents in memory."""
+    stream.seek(0)
+    if size <= memory_limit:
+        return stream.read()
+    return await asyncio.to_thread(_spool, stream)
+
+
+def _spool(stream: BinaryIO) -> Path:
+    with tempfile.NamedTemporaryFile(prefix="dd-scan-", delete=False) as out:
+        shutil.copyfileobj(stream, out, 1024 * 1024)
+    return Path(out.name)
+
+
+class Scanner:
+    def __init__(self, client: ScanClient, store: DocumentStore, *, concurrency: int) -> None:
+        self._client = client
+        self._store = store
+        self._slots = asyncio.Semaphore(concurrency)
+        self.waiting = 0
+        self.in_flight = 0
+
+    async def run(self, job: ScanJob) -> None:
+        started = time.monotonic()
+        try:
+            result = await self._scan_when_a_slot_is_free(job)
+            await self._record(job, result)
+        except asyncio.CancelledError:
+            # Shutdown ran out of time: the document keeps av-status=in_progress.
+            log.error("Scan not finished before shutdown: left in_progress", extra=job.log_extra)
+            raise
+        except Exception:
+            log.exception("Scan could not be recorded: left in_progress", extra=job.log_extra)
+        else:
+            log.info(
+                "Scan finished",
+                extra={
+                    **job.log_extra,
+                    "scan_verdict": result.verdict,
+                    "scan_reason": result.reason,
+                    "scan_seconds": round(time.monotonic() - started, 3),
+                    "scan_queue_depth": self.waiting,
+                },
+            )
+        finally:
+            job.discard()
+
+    async def _scan_when_a_slot_is_free(self, job: ScanJob) -> ScanResult:
+        self.waiting += 1
+        log.info("Scan queued", extra={**job.log_extra, "scan_queue_depth": self.waiting})
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+        try:
+            return await self._client.scan(
+                job.source,
+                filename=job.filename,
+                mimetype=job.mimetype,
+                request_id=job.request_id,
+            )
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+
+    async def _record(self, job: ScanJob, result: ScanResult) -> None:
+        tags = {
+            "av-status": result.verdict,
+            "av-scanner": SCANNER,
+            "av-timestamp": str(int(time.time() * 1000)),
+            "av-checksum": result.checksum,
+        }
+        for attempt in range(1, TAG_WRITE_ATTEMPTS + 1):
+            try:
+                await self._store.put_tags(job.location, tags)
+                return
+            except DocumentNotFound:
+                log.info("Document deleted before its scan finished", extra=job.log_extra)
+                return
+            except StoreError as error:
+                if attempt == TAG_WRITE_ATTEMPTS:
+                    raise
+                log.warning("Writing the verdict failed (%s), retrying", error, extra=job.log_extra)
+                await asyncio.sleep(min(2**attempt * 0.2, 5.0))
