@@ -83,6 +83,8 @@ async def test_tags_are_written_with_the_document_and_replaced_whole(store) -> N
     assert await store.get_tags(where) == {"av-status": "in_progress", "extra": "1"}
     await store.put_tags(where, {"av-status": "clean", "av-scanner": "clamav"})
     assert await store.get_tags(where) == {"av-status": "clean", "av-scanner": "clamav"}
+    await store.put_tags(where, {})
+    assert await store.get_tags(where) == {}
 
 
 async def test_last_modified_is_timezone_aware_and_recent(store) -> None:

@@ -104,6 +104,14 @@ class S3Store:
         return await with_fallback(location, self._listed_last_modified)
 
     async def put_tags(self, location: Location, tags: Mapping[str, str]) -> None:
+        if not tags:
+            await with_fallback(
+                location,
+                lambda object_key: self._call(
+                    self._client.delete_object_tagging, Bucket=self.bucket, Key=object_key
+                ),
+            )
+            return
         tag_set = [{"Key": name, "Value": value} for name, value in tags.items()]
         await with_fallback(
             location,

@@ -1,0 +1,296 @@
+"""Background scanning: the 201 never waits, the verdict lands as tags, downloads obey it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import pytest
+
+from dd_api.app import create_app
+from dd_api.store import Location
+from tests.helpers import AUTH, SERVICE_ID, post_form, running, upload
+from tests.support.scanfiles import EICAR
+
+PDF = b"%PDF-1.4 file contents"
+EICAR_TXT = EICAR.encode() if isinstance(EICAR, str) else EICAR
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+async def verdict(client, body: dict, sending_method: str | None = None):
+    form = {"sending_method": sending_method} if sending_method else None
+    response = await post_form(
+        client,
+        f"/services/{SERVICE_ID}/documents/{body['id']}/scan-verdict",
+        form=form,
+        headers=AUTH,
+    )
+    return response.status_code, await response.get_json()
+
+
+async def scans_done(app) -> None:
+    await asyncio.gather(*app.background_tasks)
+
+
+def store_of(app):
+    return app.extensions["dd_api"].store
+
+
+def location_of(body: dict) -> Location:
+    return Location(UUID(SERVICE_ID), UUID(body["id"]), body["sending_method"])
+
+
+@pytest.fixture
+def make_client(base_env, store_env):
+    def make(**env: str):
+        return running(create_app({**base_env, **store_env, **env}))
+
+    return make
+
+
+async def test_upload_answers_before_the_scan_and_the_verdict_follows(client, scanfiles) -> None:
+    scanfiles.hold()
+    body = await upload(client, PDF)  # answered while the scan is held
+    await scanfiles.wait_for_held_async(1)
+    assert await verdict(client, body) == (428, {"error": "Content scanning is in progress"})
+    scanfiles.release()
+    await scans_done(client.app)
+    assert await verdict(client, body) == (200, {"scan_verdict": "clean"})
+
+
+async def test_verdict_tags_are_written_in_one_set(client, scanfiles) -> None:
+    body = await upload(client, PDF)
+    await scans_done(client.app)
+    tags = await store_of(client.app).get_tags(location_of(body))
+    assert tags["av-status"] == "clean"
+    assert tags["av-scanner"] == "clamav"
+    assert tags["av-checksum"] == hashlib.sha256(PDF).hexdigest()
+    assert abs(int(tags["av-timestamp"]) - time.time() * 1000) < 60_000
+    assert scanfiles.scans_by_checksum[hashlib.sha256(PDF).hexdigest()] == 1
+
+
+async def test_scan_request_follows_the_scan_files_contract(client, scanfiles) -> None:
+    body = await upload(client, b"Canada", filename="note.txt")
+    await scans_done(client.app)
+    (request,) = scanfiles.requests
+    assert request.headers["Authorization"] == scanfiles.api_key  # raw token, no Bearer
+    assert request.filename == "note.txt"
+    assert request.content_type == "text/plain"
+    assert request.size == 6
+    assert request.headers.get("X-Scanning-Request-Id")
+    assert body["mime_type"] == "text/plain"
+
+
+async def test_eicar_is_blocked_everywhere(client, scanfiles) -> None:
+    body = await upload(client, EICAR_TXT, filename="eicar.txt", sending_method="attach")
+    await scans_done(client.app)
+    assert await verdict(client, body, "attach") == (423, {"error": "Malicious content detected"})
+    direct = await client.get(path_of(body["direct_file_url"]))
+    assert direct.status_code == 423
+    assert await direct.get_json() == {"error": "Document download blocked"}
+    short = await client.get(path_of(body["url"]))
+    assert short.status_code == 404
+    assert EICAR_TXT not in await short.get_data()
+
+
+async def test_502s_are_retried(make_client, scanfiles) -> None:
+    scanfiles.fail_next(2, status=502)
+    async with make_client() as client:
+        body = await upload(client, PDF)
+        await scans_done(client.app)
+        assert await verdict(client, body) == (200, {"scan_verdict": "clean"})
+    assert len(scanfiles.requests) == 3
+
+
+async def test_scanner_always_failing_gives_scan_failed(make_client, scanfiles) -> None:
+    scanfiles.always_fail(502)
+    async with make_client(SCAN_DEADLINE_SECONDS="0.5") as client:
+        body = await upload(client, PDF)
+        await scans_done(client.app)
+        assert await verdict(client, body) == (422, {"scan_verdict": "scan_failed"})
+        assert (await store_of(client.app).get_tags(location_of(body)))["av-status"] == "error"
+        # a failed scan does not hide the document: the email may already be out
+        assert (await client.get(path_of(body["url"]))).status_code == 200
+    assert len(scanfiles.requests) >= 2
+
+
+async def test_wrong_scan_files_key_is_not_retried(make_client, scanfiles) -> None:
+    async with make_client(ANTIVIRUS_API_KEY="not-the-key") as client:
+        body = await upload(client, PDF)
+        await scans_done(client.app)
+        assert await verdict(client, body) == (422, {"scan_verdict": "scan_failed"})
+    assert len(scanfiles.requests) == 1
+
+
+async def test_a_hung_scan_times_out_and_is_retried(make_client, scanfiles) -> None:
+    scanfiles.hang_next(1)
+    async with make_client(SCAN_ATTEMPT_TIMEOUT_SECONDS="0.5") as client:
+        body = await upload(client, PDF)
+        await scans_done(client.app)
+        assert await verdict(client, body) == (200, {"scan_verdict": "clean"})
+    scanfiles.release()
+    assert len(scanfiles.requests) == 2
+
+
+async def test_concurrency_is_bounded_and_uploads_do_not_wait(make_client, scanfiles) -> None:
+    scanfiles.hold()
+    async with make_client(SCAN_CONCURRENCY="2") as client:
+        bodies = [await upload(client, f"Canada {n}".encode()) for n in range(3)]
+        await scanfiles.wait_for_held_async(2)
+        await asyncio.sleep(0.3)  # give a third scan every chance to start, if it could
+        assert scanfiles.held_count == 2
+        assert client.app.extensions["dd_api"].scanner.waiting == 1
+        scanfiles.release()
+        await scans_done(client.app)
+        for body in bodies:
+            assert await verdict(client, body) == (200, {"scan_verdict": "clean"})
+    assert scanfiles.max_in_flight == 2
+
+
+async def test_large_documents_are_scanned_from_a_temp_file_that_is_removed(
+    make_client, scanfiles, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    content = b"Canada " * 300_000  # ~2 MiB, over the 512 KiB in-memory threshold
+    async with make_client() as client:
+        scanfiles.hold()
+        body = await upload(client, content, filename="big.txt")
+        await scanfiles.wait_for_held_async(1)
+        assert list((tmp_path / "scratch").glob("dd-scan-*"))
+        scanfiles.release()
+        await scans_done(client.app)
+        tags = await store_of(client.app).get_tags(location_of(body))
+    assert tags["av-checksum"] == hashlib.sha256(content).hexdigest()
+    assert not list((tmp_path / "scratch").glob("dd-scan-*"))
+
+
+async def test_shutdown_lets_a_running_scan_finish(make_client, scanfiles) -> None:
+    scanfiles.delay = 1.0  # shorter than BACKGROUND_TASK_SHUTDOWN_TIMEOUT (3 s)
+    async with make_client() as client:
+        body = await upload(client, PDF)
+        app = client.app
+    # the app has shut down; the verdict was written before it did
+    async with running(app) as client:
+        assert await verdict(client, body) == (200, {"scan_verdict": "clean"})
+
+
+async def test_shutdown_timeout_leaves_in_progress_and_names_the_document(
+    make_client, scanfiles, caplog
+) -> None:
+    scanfiles.hold()  # never released before shutdown
+    caplog.set_level(logging.ERROR, logger="dd_api")
+    async with make_client(BACKGROUND_TASK_SHUTDOWN_TIMEOUT="0.5") as client:
+        body = await upload(client, PDF)
+        await scanfiles.wait_for_held_async(1)
+        app = client.app
+    scanfiles.release()
+    records = [r for r in caplog.records if "left in_progress" in r.getMessage()]
+    assert records and records[0].document_id == body["id"]
+    async with running(app) as client:
+        assert await verdict(client, body) == (428, {"error": "Content scanning is in progress"})
+
+
+GD = "GuardDutyMalwareScanStatus"
+
+
+@pytest.mark.parametrize(
+    ("tags", "status", "response"),
+    [
+        ({"av-status": "clean"}, 200, {"scan_verdict": "clean"}),
+        ({GD: "NO_THREATS_FOUND"}, 200, {"scan_verdict": "NO_THREATS_FOUND"}),
+        ({}, 428, {"error": "Content scanning is in progress"}),
+        ({"av-status": "in_progress"}, 428, {"error": "Content scanning is in progress"}),
+        ({"av-status": "malicious"}, 423, {"error": "Malicious content detected"}),
+        ({"av-status": "suspicious"}, 423, {"error": "Malicious content detected"}),
+        ({GD: "THREATS_FOUND"}, 423, {"error": "Malicious content detected"}),
+        ({GD: "UNSUPPORTED"}, 422, {"scan_verdict": "scan_unsupported"}),
+        ({"av-status": "error"}, 422, {"scan_verdict": "scan_failed"}),
+        ({"av-status": "unable_to_scan"}, 422, {"scan_verdict": "scan_failed"}),
+        ({"av-status": "failed_to_start"}, 422, {"scan_verdict": "scan_failed"}),
+        ({"av-status": "unknown"}, 422, {"scan_verdict": "scan_failed"}),
+        ({"av-status": "something new"}, 422, {"scan_verdict": "scan_failed"}),
+        ({GD: "FAILED"}, 422, {"scan_verdict": "scan_failed"}),
+        ({GD: "ACCESS_DENIED"}, 422, {"scan_verdict": "scan_failed"}),
+        ({GD: "THREATS_FOUND", "av-status": "clean"}, 423, {"error": "Malicious content detected"}),
+        (
+            {GD: "NO_THREATS_FOUND", "av-status": "malicious"},
+            200,
+            {"scan_verdict": "NO_THREATS_FOUND"},
+        ),
+        ({GD: "", "av-status": "malicious"}, 423, {"error": "Malicious content detected"}),
+    ],
+)
+async def test_verdict_table(client, tags, status, response) -> None:
+    body = await upload(client, PDF, sending_method="attach")
+    await scans_done(client.app)
+    await store_of(client.app).put_tags(location_of(body), tags)
+    assert await verdict(client, body, "attach") == (status, response)
+    direct = await client.get(path_of(body["direct_file_url"]))
+    short = await client.get(path_of(body["url"]))
+    if status == 423:
+        assert (direct.status_code, short.status_code) == (423, 404)
+    else:
+        assert (direct.status_code, short.status_code) == (200, 200)
+
+
+async def test_verdict_for_a_missing_document_is_404(client) -> None:
+    status, body = await verdict(client, {"id": "44444444-4444-4444-4444-444444444444"})
+    assert (status, body) == (404, {"error": "Document not found"})
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}])
+async def test_verdict_needs_a_token(client, headers) -> None:
+    body = await upload(client, PDF)
+    response = await post_form(
+        client, f"/services/{SERVICE_ID}/documents/{body['id']}/scan-verdict", headers=headers
+    )
+    assert response.status_code in (401, 403)
+
+
+@pytest.mark.parametrize(
+    ("age_seconds", "status"), [(30, 428), (659, 428), (661, 408), (90_000, 408), (-3600, 428)]
+)
+async def test_age_decides_between_in_progress_and_timed_out(
+    base_env, scanfiles, tmp_path, age_seconds, status
+) -> None:
+    # The local store keeps the write time in its metadata; an old document is made by
+    # moving that time back, as S3's Last-Modified would be for a document written earlier.
+    scanfiles.hold()
+    async with running(create_app({**base_env, "DOCUMENT_STORE": "local"})) as client:
+        body = await upload(client, PDF)
+        await scanfiles.wait_for_held_async(1)
+        (meta_path,) = (tmp_path / "documents").rglob(f"{body['id']}.json")
+        meta = json.loads(meta_path.read_text())
+        meta["created"] = time.time() - age_seconds
+        meta_path.write_text(json.dumps(meta))
+        expected = (
+            {"scan_verdict": "scan_timed_out"}
+            if status == 408
+            else {"error": "Content scanning is in progress"}
+        )
+        assert await verdict(client, body) == (status, expected)
+        assert (await client.get(path_of(body["url"]))).status_code == 200
+        scanfiles.release()
+
+
+async def test_timed_out_on_s3(base_env, s3_env, moto_endpoint, scanfiles) -> None:
+    scanfiles.hold()
+    env = {**base_env, **s3_env(moto_endpoint), "SCAN_TIMEOUT_SECONDS": "1"}
+    async with running(create_app(env)) as client:
+        body = await upload(client, PDF)
+        await scanfiles.wait_for_held_async(1)
+        assert (await verdict(client, body))[0] == 428
+        await asyncio.sleep(2.2)  # S3's Last-Modified has whole-second precision
+        assert await verdict(client, body) == (408, {"scan_verdict": "scan_timed_out"})
+        scanfiles.release()
