@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -173,3 +174,13 @@ def test_the_asgi_module_is_importable_with_no_settings(tmp_path) -> None:
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.stdout.strip() == "Quart", result.stderr
+
+
+def test_sigterm_lets_the_running_scan_write_its_verdict(serve, scanfiles, tmp_path) -> None:
+    scanfiles.delay = 1.5  # under BACKGROUND_TASK_SHUTDOWN_TIMEOUT
+    server = serve({"AUTH_TOKENS": "test-token", "BACKGROUND_TASK_SHUTDOWN_TIMEOUT": "5"})
+    body = upload(server.url)
+    server.process.terminate()  # SIGTERM right after the 201, scan still running
+    assert server.process.wait(20) == 0
+    (meta,) = (tmp_path / "docs").rglob(f"{body['id']}.json")
+    assert json.loads(meta.read_text())["tags"]["av-status"] == "clean"
