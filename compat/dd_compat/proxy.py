@@ -1,0 +1,82 @@
+"""The proxy-header check: ``X-Custom-Forwarder`` must match ``ROUTE_SECRET_KEY_1`` or ``_2``.
+
+Enforced only when ``CHECK_PROXY_HEADER`` is true. A failure is logged (the reason, never the
+header value) and answered with 403 JSON. In notifications_utils mode the library's
+``request_helper.check_proxy_header_before_request`` decides, through the bridge; its
+``abort(403)`` is turned into the same JSON response.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from quart import Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from dd_compat.bridge import call_flask_bound
+from dd_compat.state import CompatState
+
+__all__ = [
+    "FORBIDDEN_MESSAGE",
+    "PROXY_HEADER",
+    "as_bool",
+    "check_proxy_header",
+    "check_proxy_header_secret",
+]
+
+PROXY_HEADER = "X-Custom-Forwarder"
+FORBIDDEN_MESSAGE = "Forbidden; missing or invalid proxy header"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def as_bool(value: object) -> bool:
+    """Config flags may come from the environment as strings: "true"/"1"/"yes"/"on" are true."""
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE
+    return bool(value)
+
+
+def check_proxy_header_secret(
+    headers: Mapping[str, str], secrets: Sequence[str | None], header: str = PROXY_HEADER
+) -> tuple[bool, str]:
+    """Same outcomes and messages as ``notifications_utils.request_helper``; constant-time."""
+    if header not in headers:
+        return False, "Header missing"
+    presented = headers.get(header)
+    if not presented:
+        return False, "Header exists but is empty"
+    if not any(secrets):
+        return False, "Secrets are not configured"
+    for number, secret in enumerate(secrets, start=1):
+        if secret and hmac.compare_digest(presented.encode(), str(secret).encode()):
+            return True, f"Key used: {number}"
+    return False, "Header didn't match any keys"
+
+
+def _forbidden() -> Response:
+    response = jsonify({"error": FORBIDDEN_MESSAGE})
+    response.status_code = 403
+    return response
+
+
+async def check_proxy_header(state: CompatState) -> Response | None:
+    """before_request step: ``None`` to go on, or the 403 response."""
+    config: Any = current_app.config
+    if not as_bool(config.get("CHECK_PROXY_HEADER", False)):
+        return None
+    if state.request_helper is not None:
+        try:
+            await call_flask_bound(state.request_helper.check_proxy_header_before_request)
+        except HTTPException as error:
+            if error.code == 403:
+                return _forbidden()
+            raise
+        return None
+    secrets = [config.get("ROUTE_SECRET_KEY_1"), config.get("ROUTE_SECRET_KEY_2")]
+    ok, reason = check_proxy_header_secret(request.headers, secrets)
+    if ok:
+        return None
+    current_app.logger.warning(reason)
+    return _forbidden()
