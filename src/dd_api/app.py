@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
 from collections.abc import Mapping
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import fields
+from uuid import uuid4
 
+import dd_compat
 import httpx
 from quart import Quart
 
@@ -15,11 +20,12 @@ from .config import Settings
 from .converters import Base64UUIDConverter
 from .runtime import Runtime
 from .scanning.client import ScanClient
+from .scanning.recovery import Sweeper
 from .scanning.scanner import Scanner
 from .store import DocumentStore
 from .store.local import LocalStore
 from .store.s3 import S3Store
-from .views import delete, download, status, upload, verdict
+from .views import delete, download, openapi, status, upload, verdict
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +35,11 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
     settings = Settings.from_env(environ)
     app = Quart("dd_api", static_folder=None)
     _configure(app, settings)
+    # trace ids, JSON logging and the proxy-header check, as notification-utils did for Flask
+    dd_compat.init_app(app)
     app.url_map.converters["base64_uuid"] = Base64UUIDConverter
     errors.register(app)
-    for view in (status, upload, download, delete, verdict):
+    for view in (status, upload, download, delete, verdict, openapi):
         app.register_blueprint(view.blueprint)
 
     runtime = Runtime(settings=settings, store=_store(settings))
@@ -54,7 +62,27 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
             deadline=settings.SCAN_DEADLINE_SECONDS,
             attempt_timeout=settings.SCAN_ATTEMPT_TIMEOUT_SECONDS,
         )
-        runtime.scanner = Scanner(client, runtime.store, concurrency=settings.SCAN_CONCURRENCY)
+        scanner = Scanner(
+            client,
+            runtime.store,
+            concurrency=settings.SCAN_CONCURRENCY,
+            owner=f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}",
+            lease_seconds=settings.SCAN_LEASE_SECONDS,
+        )
+        runtime.scanner = scanner
+        sweeper = Sweeper(
+            runtime.store,
+            scanner,
+            lambda job: app.add_background_task(scanner.run, job),
+            grace_seconds=settings.PENDING_SCAN_GRACE_SECONDS,
+            max_age_seconds=settings.PENDING_SCAN_MAX_AGE_SECONDS,
+            lease_seconds=settings.SCAN_LEASE_SECONDS,
+        )
+        runtime.sweeper = sweeper
+        sweeping = asyncio.create_task(
+            sweeper.run(settings.PENDING_SCAN_SWEEP_INTERVAL_SECONDS, app.shutdown_event)
+        )
+        stack.push_async_callback(_stop, sweeping)
 
     @app.after_serving
     async def close_dependencies() -> None:
@@ -62,6 +90,12 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
         await stack.aclose()
 
     return app
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
 
 
 def _configure(app: Quart, settings: Settings) -> None:

@@ -70,6 +70,10 @@ class Settings:
     SCAN_MEMORY_THRESHOLD_BYTES: int = 512 * 1024
     SCAN_TIMEOUT_SECONDS: int = 11 * 60
     BACKGROUND_TASK_SHUTDOWN_TIMEOUT: float = 5.0
+    PENDING_SCAN_GRACE_SECONDS: float = 120.0
+    PENDING_SCAN_SWEEP_INTERVAL_SECONDS: float = 60.0
+    PENDING_SCAN_MAX_AGE_SECONDS: float = 3600.0
+    SCAN_LEASE_SECONDS: float = 390.0
     NOTIFY_TRACE_ID_HEADER: str = "X-B3-TraceId"
     NOTIFY_SPAN_ID_HEADER: str = "X-B3-SpanId"
     NOTIFY_PARENT_SPAN_ID_HEADER: str = "X-B3-ParentSpanId"
@@ -100,6 +104,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
     environment = _choice(env, "NOTIFY_ENVIRONMENT", ENVIRONMENTS, "development")
     in_dev = environment in ("development", "test")
     tokens = _auth_tokens(env, production=not in_dev and environment != "scratch")
+    deadline = _float(env, "SCAN_DEADLINE_SECONDS", 300.0)
+    attempt_timeout = _float(env, "SCAN_ATTEMPT_TIMEOUT_SECONDS", 60.0)
+    # A lease must outlast the longest scan, or a second instance could start it again.
+    lease = _float(env, "SCAN_LEASE_SECONDS", deadline + attempt_timeout + 30.0)
+    if lease <= deadline:
+        raise ConfigError("SCAN_LEASE_SECONDS must be longer than SCAN_DEADLINE_SECONDS")
     return Settings(
         NOTIFY_ENVIRONMENT=environment,
         DEBUG=_bool(env, "DEBUG", in_dev),
@@ -122,13 +132,19 @@ def _parse(env: Mapping[str, str]) -> Settings:
         LOCAL_STORE_PATH=Path(_nonempty(env, "LOCAL_STORE_PATH", "./var/documents")),
         S3_MAX_POOL_CONNECTIONS=_int(env, "S3_MAX_POOL_CONNECTIONS", 50, minimum=1),
         SCAN_CONCURRENCY=_int(env, "SCAN_CONCURRENCY", Settings.SCAN_CONCURRENCY, minimum=1),
-        SCAN_DEADLINE_SECONDS=_float(env, "SCAN_DEADLINE_SECONDS", 300.0),
-        SCAN_ATTEMPT_TIMEOUT_SECONDS=_float(env, "SCAN_ATTEMPT_TIMEOUT_SECONDS", 60.0),
+        SCAN_DEADLINE_SECONDS=deadline,
+        SCAN_ATTEMPT_TIMEOUT_SECONDS=attempt_timeout,
+        SCAN_LEASE_SECONDS=lease,
         SCAN_MEMORY_THRESHOLD_BYTES=_int(
             env, "SCAN_MEMORY_THRESHOLD_BYTES", Settings.SCAN_MEMORY_THRESHOLD_BYTES, minimum=0
         ),
         SCAN_TIMEOUT_SECONDS=_int(env, "SCAN_TIMEOUT_SECONDS", 660, minimum=1),
         BACKGROUND_TASK_SHUTDOWN_TIMEOUT=_float(env, "BACKGROUND_TASK_SHUTDOWN_TIMEOUT", 5.0),
+        PENDING_SCAN_GRACE_SECONDS=_float(env, "PENDING_SCAN_GRACE_SECONDS", 120.0),
+        PENDING_SCAN_SWEEP_INTERVAL_SECONDS=_float(
+            env, "PENDING_SCAN_SWEEP_INTERVAL_SECONDS", 60.0
+        ),
+        PENDING_SCAN_MAX_AGE_SECONDS=_float(env, "PENDING_SCAN_MAX_AGE_SECONDS", 3600.0),
         NOTIFY_TRACE_ID_HEADER=_nonempty(env, "NOTIFY_TRACE_ID_HEADER", "X-B3-TraceId"),
         NOTIFY_SPAN_ID_HEADER=_nonempty(env, "NOTIFY_SPAN_ID_HEADER", "X-B3-SpanId"),
         NOTIFY_PARENT_SPAN_ID_HEADER=_nonempty(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from quart import current_app
 
 from .config import Settings
+from .scanning.recovery import Sweeper
 from .scanning.scanner import Scanner
 from .store import DocumentStore
 
@@ -15,7 +16,9 @@ from .store import DocumentStore
 class Runtime:
     settings: Settings
     store: DocumentStore
-    scanner: Scanner | None = None  # set in before_serving: it needs the running loop
+    # set in before_serving: they need the running loop
+    scanner: Scanner | None = None
+    sweeper: Sweeper | None = None
 
 
 def runtime() -> Runtime:

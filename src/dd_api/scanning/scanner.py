@@ -12,8 +12,10 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
+from uuid import UUID
 
 from ..store import DocumentNotFound, DocumentStore, Location, StoreError
 from .client import SCANNER, ScanClient, ScanResult
@@ -33,10 +35,7 @@ class ScanJob:
 
     @property
     def log_extra(self) -> dict[str, str]:
-        return {
-            "service_id": str(self.location.service_id),
-            "document_id": str(self.location.document_id),
-        }
+        return self.location.log_extra
 
     def discard(self) -> None:
         if isinstance(self.source, Path):
@@ -59,20 +58,43 @@ def _spool(stream: BinaryIO) -> Path:
 
 
 class Scanner:
-    def __init__(self, client: ScanClient, store: DocumentStore, *, concurrency: int) -> None:
+    """Runs scans, at most ``concurrency`` at once, each under a lease.
+
+    The lease is what lets several instances share one bucket: a scan starts only
+    after its claim on the document's pending copy succeeded, and the copy is
+    deleted only once the verdict is written.
+    """
+
+    def __init__(
+        self,
+        client: ScanClient,
+        store: DocumentStore,
+        *,
+        concurrency: int,
+        owner: str,
+        lease_seconds: float,
+    ) -> None:
         self._client = client
         self._store = store
         self._slots = asyncio.Semaphore(concurrency)
+        self.owner = owner
+        self._lease = timedelta(seconds=lease_seconds)
         self.waiting = 0
         self.in_flight = 0
+        self.active: set[UUID] = set()  # documents queued or scanning in this process
 
     async def run(self, job: ScanJob) -> None:
         started = time.monotonic()
+        document_id = job.location.document_id
+        self.active.add(document_id)
         try:
             result = await self._scan_when_a_slot_is_free(job)
+            if result is None:
+                return
             await self._record(job, result)
         except asyncio.CancelledError:
-            # Shutdown ran out of time: the document keeps av-status=in_progress.
+            # Shutdown ran out of time: the document keeps av-status=in_progress and its
+            # pending copy, which a sweeper scans once this instance's lease expires.
             log.error("Scan not finished before shutdown: left in_progress", extra=job.log_extra)
             raise
         except Exception:
@@ -88,44 +110,77 @@ class Scanner:
                     "scan_queue_depth": self.waiting,
                 },
             )
+            await self._drop_pending_copy(job)
         finally:
+            self.active.discard(document_id)
             job.discard()
 
-    async def _scan_when_a_slot_is_free(self, job: ScanJob) -> ScanResult:
+    async def _scan_when_a_slot_is_free(self, job: ScanJob) -> ScanResult | None:
         self.waiting += 1
         log.info("Scan queued", extra={**job.log_extra, "scan_queue_depth": self.waiting})
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
-        self.in_flight += 1
         try:
-            return await self._client.scan(
-                job.source,
-                filename=job.filename,
-                mimetype=job.mimetype,
-                request_id=job.request_id,
-            )
+            if not await self._claim(job):
+                log.info("Another instance is scanning this document", extra=job.log_extra)
+                return None
+            self.in_flight += 1
+            try:
+                return await self._client.scan(
+                    job.source,
+                    filename=job.filename,
+                    mimetype=job.mimetype,
+                    request_id=job.request_id,
+                )
+            finally:
+                self.in_flight -= 1
         finally:
-            self.in_flight -= 1
             self._slots.release()
 
+    async def _claim(self, job: ScanJob) -> bool:
+        until = datetime.now(UTC) + self._lease
+        try:
+            return await self._store.claim(job.location, self.owner, until)
+        except StoreError as error:
+            # Scanning twice is harmless; not scanning would leave the document unscanned.
+            log.warning("Scan lease unavailable (%s), scanning anyway", error, extra=job.log_extra)
+            return True
+
+    async def _drop_pending_copy(self, job: ScanJob) -> None:
+        try:
+            await self._store.delete_pending(job.location)
+        except StoreError as error:
+            # the sweeper finds the verdict written and only deletes the copy
+            log.warning("Pending copy not deleted (%s)", error, extra=job.log_extra)
+
     async def _record(self, job: ScanJob, result: ScanResult) -> None:
-        tags = {
-            "av-status": result.verdict,
-            "av-scanner": SCANNER,
-            "av-timestamp": str(int(time.time() * 1000)),
-            "av-checksum": result.checksum,
-        }
-        for attempt in range(1, TAG_WRITE_ATTEMPTS + 1):
-            try:
-                await self._store.put_tags(job.location, tags)
-                return
-            except DocumentNotFound:
-                log.info("Document deleted before its scan finished", extra=job.log_extra)
-                return
-            except StoreError as error:
-                if attempt == TAG_WRITE_ATTEMPTS:
-                    raise
-                log.warning("Writing the verdict failed (%s), retrying", error, extra=job.log_extra)
-                await asyncio.sleep(min(2**attempt * 0.2, 5.0))
+        await write_verdict(self._store, job.location, result.verdict, result.checksum)
+
+
+async def write_verdict(
+    store: DocumentStore, location: Location, verdict: str, checksum: str = ""
+) -> None:
+    """Write the verdict tags in one set, retrying: a scan's result must not be lost."""
+    tags = {
+        "av-status": verdict,
+        "av-scanner": SCANNER,
+        "av-timestamp": str(int(time.time() * 1000)),
+    }
+    if checksum:
+        tags["av-checksum"] = checksum
+    for attempt in range(1, TAG_WRITE_ATTEMPTS + 1):
+        try:
+            await store.put_tags(location, tags)
+            return
+        except DocumentNotFound:
+            log.info("Document deleted before its scan finished", extra=location.log_extra)
+            return
+        except StoreError as error:
+            if attempt == TAG_WRITE_ATTEMPTS:
+                raise
+            log.warning(
+                "Writing the verdict failed (%s), retrying", error, extra=location.log_extra
+            )
+            await asyncio.sleep(min(2**attempt * 0.2, 5.0))

@@ -5,6 +5,7 @@ from .base import (
     DocumentNotFound,
     DocumentStore,
     Location,
+    PendingCopy,
     StoredDocument,
     StoreError,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "DocumentNotFound",
     "DocumentStore",
     "Location",
+    "PendingCopy",
     "StoreError",
     "StoredDocument",
 ]

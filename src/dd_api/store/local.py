@@ -11,6 +11,7 @@ detected instead of served.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import secrets
@@ -26,11 +27,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .base import (
+    PENDING_PREFIX,
     DocumentKeyMismatch,
     DocumentNotFound,
     Location,
+    PendingCopy,
     StoredDocument,
     StoreError,
+    parse_pending_key,
     with_fallback,
 )
 
@@ -117,7 +121,72 @@ class LocalStore:
         if not await asyncio.to_thread(os.access, self.root, os.W_OK):
             raise StoreError("local store directory is not writable")
 
+    async def put_pending(self, copy: PendingCopy, body: BinaryIO, *, size: int) -> None:
+        meta = {
+            "mimetype": copy.mimetype,
+            "size": size,
+            "created": time.time(),
+            "encryption": "store",
+            "tags": {},
+            "pending": copy.metadata(),
+        }
+        await asyncio.to_thread(
+            self._write, copy.location.pending_key, body, self._cipher_key(None), meta
+        )
+
+    async def list_pending(self) -> list[PendingCopy]:
+        return await asyncio.to_thread(self._list_pending)
+
+    async def read_pending(self, location: Location, out: BinaryIO) -> None:
+        meta = await asyncio.to_thread(self._read_meta, location.pending_key)
+        await asyncio.to_thread(self._copy_out, location.pending_key, meta, out)
+
+    async def delete_pending(self, location: Location) -> None:
+        await asyncio.to_thread(self._remove, location.pending_key)
+        lease = self._path(location.lease_key).with_suffix(".lease")
+        await asyncio.to_thread(lease.unlink, missing_ok=True)
+
+    async def claim(self, location: Location, owner: str, until: datetime) -> bool:
+        return await asyncio.to_thread(self._claim, location.lease_key, owner, until.timestamp())
+
     # -- blocking helpers, run in a worker thread ------------------------------
+
+    def _list_pending(self) -> list[PendingCopy]:
+        copies = []
+        for meta_path in (self.root / PENDING_PREFIX).glob("*/*.json"):
+            object_key = meta_path.relative_to(self.root).with_suffix("").as_posix()
+            ids = parse_pending_key(object_key)
+            if ids is None:
+                continue
+            try:
+                meta = self._read_meta(object_key)
+            except DocumentNotFound:
+                continue  # finished while we were listing
+            created = datetime.fromtimestamp(meta["created"], tz=UTC)
+            copies.append(PendingCopy.from_metadata(*ids, meta["pending"], created))
+        return copies
+
+    def _copy_out(self, object_key: str, meta: dict[str, Any], out: BinaryIO) -> None:
+        with self._data_path(object_key).open("rb") as handle:
+            segments = _Segments(handle, AESGCM(self._cipher_key(None)), meta["size"])
+            while (chunk := segments.next()) is not None:
+                out.write(chunk)
+
+    def _claim(self, lease_key: str, owner: str, until: float) -> bool:
+        path = self._path(lease_key).with_suffix(".lease")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a+") as handle:
+            # an exclusive lock makes read-decide-write one step for every process
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            held = json.loads(handle.read() or "{}")
+            if held.get("owner", owner) != owner and held.get("until", 0) > time.time():
+                return False
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"owner": owner, "until": until}))
+            handle.flush()
+            return True
 
     def _load_store_key(self) -> bytes:
         self.root.mkdir(parents=True, exist_ok=True)

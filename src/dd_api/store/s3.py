@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
+from uuid import uuid4
 
 import aioboto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .base import (
+    PENDING_PREFIX,
     DocumentKeyMismatch,
     DocumentNotFound,
     Location,
+    PendingCopy,
     StoredDocument,
     StoreError,
+    parse_pending_key,
     with_fallback,
 )
 
@@ -30,6 +36,12 @@ CHUNK_SIZE = 64 * 1024
 _KEY_ERRORS = {"InvalidRequest", "AccessDenied", "InvalidArgument", "400", "403"}
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _KEYED_READS = {"get_object", "head_object"}
+# a conditional write lost to another writer
+_CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+class _ConditionFailed(StoreError):
+    pass
 
 
 class S3Store:
@@ -131,6 +143,83 @@ class S3Store:
     async def ping(self) -> None:
         await self._call(self._client.head_bucket, Bucket=self.bucket)
 
+    async def put_pending(self, copy: PendingCopy, body: BinaryIO, *, size: int) -> None:
+        await self._call(
+            self._client.put_object,
+            Bucket=self.bucket,
+            Key=copy.location.pending_key,
+            Body=body,
+            ContentLength=size,
+            ContentType=copy.mimetype,
+            Metadata=copy.metadata(),
+            ServerSideEncryption="AES256",
+        )
+
+    async def list_pending(self) -> list[PendingCopy]:
+        copies = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PENDING_PREFIX}/"):
+                for item in page.get("Contents", []):
+                    ids = parse_pending_key(item["Key"])
+                    if ids is None:
+                        continue
+                    try:
+                        head = await self._call(
+                            self._client.head_object, Bucket=self.bucket, Key=item["Key"]
+                        )
+                    except DocumentNotFound:
+                        continue  # finished while we were listing
+                    copies.append(
+                        PendingCopy.from_metadata(*ids, head["Metadata"], head["LastModified"])
+                    )
+        except (ClientError, BotoCoreError) as error:
+            raise StoreError(f"S3 listing failed: {type(error).__name__}") from None
+        return copies
+
+    async def read_pending(self, location: Location, out: BinaryIO) -> None:
+        response = await self._call(
+            self._client.get_object, Bucket=self.bucket, Key=location.pending_key
+        )
+        body = response["Body"]
+        try:
+            async for chunk in body.iter_chunks(CHUNK_SIZE):
+                out.write(chunk)
+        finally:
+            body.close()
+
+    async def delete_pending(self, location: Location) -> None:
+        for object_key in (location.pending_key, location.lease_key):
+            await self._call(self._client.delete_object, Bucket=self.bucket, Key=object_key)
+
+    async def claim(self, location: Location, owner: str, until: datetime) -> bool:
+        lease = json.dumps({"owner": owner, "until": until.timestamp(), "nonce": uuid4().hex})
+        try:
+            current = await self._call(
+                self._client.get_object, Bucket=self.bucket, Key=location.lease_key
+            )
+        except DocumentNotFound:
+            condition = {"IfNoneMatch": "*"}
+        else:
+            async with current["Body"]:
+                held = json.loads(await current["Body"].read())
+            if held.get("owner") != owner and held.get("until", 0) > time.time():
+                return False
+            # replace exactly the lease we read: a competing claim changes the ETag
+            condition = {"IfMatch": current["ETag"]}
+        try:
+            await self._call(
+                self._client.put_object,
+                Bucket=self.bucket,
+                Key=location.lease_key,
+                Body=lease.encode(),
+                ServerSideEncryption="AES256",
+                **condition,
+            )
+        except _ConditionFailed:
+            return False
+        return True
+
     async def _get_object(self, object_key: str, key: bytes | None) -> dict[str, Any]:
         return await self._call(
             self._client.get_object, Bucket=self.bucket, Key=object_key, **_key_params(key)
@@ -156,6 +245,8 @@ class S3Store:
             return await method(**params)
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in _CONDITION_FAILED:
+                raise _ConditionFailed(code) from None
             if code in _NOT_FOUND:
                 raise DocumentNotFound(params.get("Key", "")) from None
             if code in _KEY_ERRORS and "SSECustomerAlgorithm" in params:

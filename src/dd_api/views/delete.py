@@ -12,7 +12,7 @@ from quart import Blueprint, request
 from ..auth import require_bearer
 from ..errors import ApiError
 from ..runtime import runtime
-from ..store import Location
+from ..store import Location, StoreError
 from .params import document_key
 from .store_errors import store_errors
 
@@ -31,8 +31,13 @@ async def delete_document(service_id: UUID, document_id: UUID) -> tuple[dict[str
     params = await _params()
     location = Location(service_id, document_id, _text(params, "sending_method") or "link")
     key = document_key(location, _text(params, "key"), missing=MISSING_KEY)
+    store = runtime().store
     with store_errors(location, "Delete"):
-        await runtime().store.delete(location, key)
+        await store.delete(location, key)
+    try:
+        await store.delete_pending(location)  # a scan still to run has nothing left to scan
+    except StoreError as error:
+        log.warning("Pending copy not deleted (%s)", error, extra=location.log_extra)
     log.info(
         "Document deleted",
         extra={**location.log_extra, "sending_method": location.sending_method},

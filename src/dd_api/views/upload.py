@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import secrets
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 from uuid import UUID, uuid4
 
 from dd_compat import current_trace_id
@@ -16,7 +19,7 @@ from ..errors import ApiError
 from ..runtime import runtime
 from ..scanning.scanner import ScanJob, copy_for_scan
 from ..scanning.verdict import AV_STATUS_TAG, IN_PROGRESS
-from ..store import Location
+from ..store import Location, PendingCopy, StoreError
 from ..urls import direct_file_url, short_url
 from .store_errors import store_errors
 
@@ -70,9 +73,7 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     stream.seek(0)
     try:
         with store_errors(location, "Upload"):
-            await runtime().store.put(
-                location, stream, size=size, mimetype=mimetype, key=key, tags=IN_PROGRESS_TAGS
-            )
+            await _store_with_pending_copy(location, stream, size, mimetype, key, job)
     except BaseException:
         job.discard()
         raise
@@ -109,3 +110,52 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
         "file_extension": mime.file_extension(filename),
     }
     return {"status": "ok", "document": body}, 201
+
+
+async def _store_with_pending_copy(
+    location: Location, stream: BinaryIO, size: int, mimetype: str, key: bytes | None, job: ScanJob
+) -> None:
+    """Write the document and its pending-scan copy side by side: both, or neither.
+
+    The copy is what lets another instance finish the scan if this one dies before
+    the verdict is written; a document stored without it could never be rescanned.
+    """
+    store = runtime().store
+    pending = PendingCopy(location, job.filename, mimetype, job.request_id)
+    try:
+        results = await asyncio.gather(
+            store.put(
+                location, stream, size=size, mimetype=mimetype, key=key, tags=IN_PROGRESS_TAGS
+            ),
+            _put_pending(pending, job.source, size),
+            return_exceptions=True,
+        )
+    except asyncio.CancelledError:
+        # the client went away mid-upload: leave nothing behind
+        await asyncio.shield(_remove_both(location, key))
+        raise
+    failures = [result for result in results if isinstance(result, BaseException)]
+    if failures:
+        await _remove_both(location, key)
+        raise failures[0]
+
+
+async def _put_pending(pending: PendingCopy, source: bytes | Path, size: int) -> None:
+    store = runtime().store
+    if isinstance(source, bytes):
+        await store.put_pending(pending, io.BytesIO(source), size=size)
+        return
+    handle = await asyncio.to_thread(source.open, "rb")
+    try:
+        await store.put_pending(pending, handle, size=size)
+    finally:
+        handle.close()
+
+
+async def _remove_both(location: Location, key: bytes | None) -> None:
+    store = runtime().store
+    for remove in (lambda: store.delete(location, key), lambda: store.delete_pending(location)):
+        try:
+            await remove()
+        except StoreError:
+            pass  # not written, or the store is down: nothing was promised to anyone
