@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING
 import pytest
 
 from dd_api.app import create_app
-from tests.helpers import AWS_ENV, BIN, TOKEN, free_port, new_bucket, running, wait_for_http
+from tests.helpers import (
+    AWS_ENV,
+    BIN,
+    ROOT,
+    TOKEN,
+    Server,
+    free_port,
+    new_bucket,
+    running,
+    wait_for_http,
+)
 
 if TYPE_CHECKING:
     from tests.support.scanfiles import ScanFilesStandIn
@@ -121,3 +131,41 @@ async def client(base_env: dict[str, str], store_env: dict[str, str]) -> AsyncIt
     async with running(app) as test_client:
         test_client.app = app
         yield test_client
+
+
+@pytest.fixture
+def serve(tmp_path: Path, scanfiles: ScanFilesStandIn) -> Iterator[Callable[..., Server]]:
+    """Run the production command on a free loopback port with ``env`` added."""
+    servers: list[Server] = []
+
+    def start(env: dict[str, str] | None = None) -> Server:
+        port = free_port()
+        log = tmp_path / f"server-{port}.log"
+        process = subprocess.Popen(
+            [
+                str(BIN / "hypercorn"),
+                "-c",
+                "hypercorn.toml",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "dd_api.asgi:app",
+            ],
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "LOCAL_STORE_PATH": str(tmp_path / "docs"),
+                "ANTIVIRUS_API_HOST": scanfiles.url,
+                "ANTIVIRUS_API_KEY": scanfiles.api_key,
+                **(env or {}),
+            },
+        )
+        server = Server(process, f"http://127.0.0.1:{port}", log)
+        servers.append(server)
+        wait_for_http(f"{server.url}/_status", process)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -28,6 +28,7 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -72,6 +73,24 @@ async def running(app: Quart) -> AsyncIterator[QuartClient]:
     """The app with its lifespan run (before/after_serving), as Hypercorn would run it."""
     async with app.test_app() as test_app:
         yield test_app.test_client()
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
+        self.process, self.url, self.log = process, url, log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.output()
 
 
 def document(content: bytes, filename: str = "document") -> dict[str, FileStorage]:

@@ -6,72 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.helpers import AUTH, BIN, SERVICE_ID, free_port, wait_for_http
+from tests.helpers import AUTH, BIN, ROOT, SERVICE_ID, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 PDF = b"%PDF-1.4 " + b"x" * 100_000
-
-
-class Server:
-    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
-        self.process, self.url, self.log = process, url, log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.output()
-
-
-@pytest.fixture
-def serve(tmp_path: Path, scanfiles) -> Iterator[Callable[..., Server]]:
-    """Run the production command on a free loopback port with ``env`` added."""
-    servers: list[Server] = []
-
-    def start(env: dict[str, str] | None = None) -> Server:
-        port = free_port()
-        log = tmp_path / f"server-{port}.log"
-        process = subprocess.Popen(
-            [
-                str(BIN / "hypercorn"),
-                "-c",
-                "hypercorn.toml",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "dd_api.asgi:app",
-            ],
-            cwd=ROOT,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "LOCAL_STORE_PATH": str(tmp_path / "docs"),
-                "ANTIVIRUS_API_HOST": scanfiles.url,
-                "ANTIVIRUS_API_KEY": scanfiles.api_key,
-                **(env or {}),
-            },
-        )
-        server = Server(process, f"http://127.0.0.1:{port}", log)
-        servers.append(server)
-        wait_for_http(f"{server.url}/_status", process)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def upload(url: str, content: bytes = PDF, **form: str) -> dict:

@@ -17,7 +17,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +53,7 @@ class LocalStore:
         self._mutations = asyncio.Lock()
 
     async def open(self) -> None:
-        self._store_key = await asyncio.to_thread(self._load_store_key)
+        self._store_key = await _io(self._load_store_key)
 
     async def close(self) -> None:
         self._store_key = None
@@ -75,7 +75,7 @@ class LocalStore:
             "encryption": "store" if key is None else "customer",
             "tags": dict(tags),
         }
-        await asyncio.to_thread(self._write, location.key, body, self._cipher_key(key), meta)
+        await _io(self._write, location.key, body, self._cipher_key(key), meta)
 
     async def get(self, location: Location, key: bytes | None) -> StoredDocument:
         object_key, meta = await with_fallback(location, self._read_meta_for)
@@ -84,9 +84,11 @@ class LocalStore:
             handle = await asyncio.to_thread(self._data_path(object_key).open, "rb")
         except FileNotFoundError:  # deleted since the metadata was read
             raise DocumentNotFound(object_key) from None
+        except OSError as error:
+            raise StoreError(f"local store I/O failed: {error.strerror}") from None
         try:
             segments = _Segments(handle, AESGCM(cipher_key), meta["size"])
-            first = await asyncio.to_thread(segments.next)
+            first = await _io(segments.next)
         except BaseException:
             handle.close()
             raise
@@ -109,16 +111,16 @@ class LocalStore:
         async with self._mutations:
             object_key, meta = await with_fallback(location, self._read_meta_for)
             meta["tags"] = dict(tags)
-            await asyncio.to_thread(self._write_meta, object_key, meta)
+            await _io(self._write_meta, object_key, meta)
 
     async def delete(self, location: Location, key: bytes | None) -> None:
         async with self._mutations:
             object_key, meta = await with_fallback(location, self._read_meta_for)
-            await asyncio.to_thread(self._check_key, object_key, meta, key)
-            await asyncio.to_thread(self._remove, object_key)
+            await _io(self._check_key, object_key, meta, key)
+            await _io(self._remove, object_key)
 
     async def ping(self) -> None:
-        if not await asyncio.to_thread(os.access, self.root, os.W_OK):
+        if not await _io(os.access, self.root, os.W_OK):
             raise StoreError("local store directory is not writable")
 
     async def put_pending(self, copy: PendingCopy, body: BinaryIO, *, size: int) -> None:
@@ -130,24 +132,22 @@ class LocalStore:
             "tags": {},
             "pending": copy.metadata(),
         }
-        await asyncio.to_thread(
-            self._write, copy.location.pending_key, body, self._cipher_key(None), meta
-        )
+        await _io(self._write, copy.location.pending_key, body, self._cipher_key(None), meta)
 
     async def list_pending(self) -> list[PendingCopy]:
-        return await asyncio.to_thread(self._list_pending)
+        return await _io(self._list_pending)
 
     async def read_pending(self, location: Location, out: BinaryIO) -> None:
-        meta = await asyncio.to_thread(self._read_meta, location.pending_key)
-        await asyncio.to_thread(self._copy_out, location.pending_key, meta, out)
+        meta = await _io(self._read_meta, location.pending_key)
+        await _io(self._copy_out, location.pending_key, meta, out)
 
     async def delete_pending(self, location: Location) -> None:
-        await asyncio.to_thread(self._remove, location.pending_key)
+        await _io(self._remove, location.pending_key)
         lease = self._path(location.lease_key).with_suffix(".lease")
-        await asyncio.to_thread(lease.unlink, missing_ok=True)
+        await _io(lease.unlink, missing_ok=True)
 
     async def claim(self, location: Location, owner: str, until: datetime) -> bool:
-        return await asyncio.to_thread(self._claim, location.lease_key, owner, until.timestamp())
+        return await _io(self._claim, location.lease_key, owner, until.timestamp())
 
     # -- blocking helpers, run in a worker thread ------------------------------
 
@@ -216,7 +216,7 @@ class LocalStore:
         return self._path(object_key).with_suffix(".json")
 
     async def _read_meta_for(self, object_key: str) -> tuple[str, dict[str, Any]]:
-        return object_key, await asyncio.to_thread(self._read_meta, object_key)
+        return object_key, await _io(self._read_meta, object_key)
 
     def _read_meta(self, object_key: str) -> dict[str, Any]:
         try:
@@ -306,7 +306,15 @@ class _Segments:
         while chunk is not None:
             if chunk:
                 yield chunk
-            chunk = await asyncio.to_thread(self.next)
+            chunk = await _io(self.next)
+
+
+async def _io[**P, T](func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run blocking file work in a thread; a disk failure is a store failure (503), not a 500."""
+    try:
+        return await asyncio.to_thread(func, *args, **kwargs)
+    except OSError as error:
+        raise StoreError(f"local store I/O failed: {error.strerror}") from None
 
 
 def _nonce(prefix: bytes, index: int) -> bytes:
