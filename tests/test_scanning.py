@@ -16,6 +16,7 @@ import pytest
 from dd_api.app import create_app
 from dd_api.store import Location
 from tests.helpers import AUTH, SERVICE_ID, post_form, running, upload
+from tests.helpers import document as document_part
 from tests.support.scanfiles import EICAR
 
 PDF = b"%PDF-1.4 file contents"
@@ -294,3 +295,30 @@ async def test_timed_out_on_s3(base_env, s3_env, moto_endpoint, scanfiles) -> No
         await asyncio.sleep(2.2)  # S3's Last-Modified has whole-second precision
         assert await verdict(client, body) == (408, {"scan_verdict": "scan_timed_out"})
         scanfiles.release()
+
+
+async def test_trace_id_travels_from_the_upload_to_scan_files(client, scanfiles, capsys) -> None:
+    trace_id = "463ac35c9f6413ad48485a3953bb6124"
+    response = await post_form(
+        client,
+        f"/services/{SERVICE_ID}/documents",
+        files=document_part(PDF),
+        headers={**AUTH, "X-B3-TraceId": trace_id, "X-B3-SpanId": "a2fb4a1d1a96d312"},
+    )
+    assert response.status_code == 201
+    assert response.headers["X-B3-TraceId"] == trace_id
+    await scans_done(client.app)
+    assert scanfiles.requests[-1].headers["X-Scanning-Request-Id"] == trace_id
+    # the scan's own log lines, written after the response, carry the request's id
+    scan_lines = [line for line in capsys.readouterr().out.splitlines() if "Scan finished" in line]
+    assert scan_lines and trace_id in scan_lines[-1]
+
+
+async def test_a_trace_id_is_generated_when_the_caller_sends_none(client, scanfiles) -> None:
+    body_response = await post_form(
+        client, f"/services/{SERVICE_ID}/documents", files=document_part(PDF), headers=AUTH
+    )
+    trace_id = body_response.headers["X-B3-TraceId"]
+    assert len(trace_id) == 32 and trace_id != "None"
+    await scans_done(client.app)
+    assert scanfiles.requests[-1].headers["X-Scanning-Request-Id"] == trace_id
