@@ -18,6 +18,7 @@ from quart import Quart
 from . import errors
 from .config import Settings
 from .converters import Base64UUIDConverter
+from .metrics import Metrics
 from .runtime import Runtime
 from .scanning.client import ScanClient
 from .scanning.recovery import Sweeper
@@ -42,7 +43,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
     for view in (status, upload, download, delete, verdict, openapi):
         app.register_blueprint(view.blueprint)
 
-    runtime = Runtime(settings=settings, store=_store(settings))
+    metrics = Metrics()
+    metrics.install(app)
+    runtime = Runtime(settings=settings, store=_store(settings), metrics=metrics)
     app.extensions["dd_api"] = runtime
 
     stack = AsyncExitStack()
@@ -61,14 +64,18 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
             api_key=settings.ANTIVIRUS_API_KEY,
             deadline=settings.SCAN_DEADLINE_SECONDS,
             attempt_timeout=settings.SCAN_ATTEMPT_TIMEOUT_SECONDS,
+            on_failure=lambda kind: metrics.scan_errors.labels(kind).inc(),
         )
+        runtime.scan_client = client
         scanner = Scanner(
             client,
             runtime.store,
             concurrency=settings.SCAN_CONCURRENCY,
             owner=f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}",
             lease_seconds=settings.SCAN_LEASE_SECONDS,
+            on_finished=metrics.scan_finished,
         )
+        metrics.watch(scanner)
         runtime.scanner = scanner
         sweeper = Sweeper(
             runtime.store,

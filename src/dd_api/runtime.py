@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from quart import current_app
 
 from .config import Settings
+from .metrics import Metrics
+from .scanning.client import ScanClient
 from .scanning.recovery import Sweeper
 from .scanning.scanner import Scanner
 from .store import DocumentStore
@@ -16,8 +18,10 @@ from .store import DocumentStore
 class Runtime:
     settings: Settings
     store: DocumentStore
+    metrics: Metrics
     # set in before_serving: they need the running loop
     scanner: Scanner | None = None
+    scan_client: ScanClient | None = None
     sweeper: Sweeper | None = None
 
 

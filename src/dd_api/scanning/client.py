@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Self
 
@@ -141,9 +142,12 @@ class ScanClient:
         backoff_base: float = 0.5,
         backoff_max: float = 10.0,
         attempt_timeout: float = 60.0,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._http = http
+        self._on_failure = on_failure  # told each failed attempt's kind, e.g. "http 502"
         self._url = f"{host.rstrip('/')}/clamav"
+        self._health_url = f"{host.rstrip('/')}/healthcheck"
         self._api_key = api_key
         self._deadline = deadline
         self._backoff_base = backoff_base
@@ -153,6 +157,11 @@ class ScanClient:
     def __repr__(self) -> str:
         # Keep the api key out of tracebacks and debug dumps.
         return f"ScanClient(url={self._url!r}, deadline={self._deadline})"
+
+    async def ping(self) -> None:
+        """Raise unless scan-files answers its (unauthenticated) health check."""
+        response = await self._http.get(self._health_url, timeout=2.0)
+        response.raise_for_status()
 
     async def scan(
         self,
@@ -184,6 +193,8 @@ class ScanClient:
         while (remaining := deadline_at - loop.time()) > 0:
             attempts += 1
             outcome = await self._attempt(reader, filename, mimetype, request_id, remaining)
+            if outcome.verdict is None and self._on_failure is not None:
+                self._on_failure(outcome.failure or "unknown")
             if outcome.verdict is not None or not outcome.retryable:
                 return self._finish(request_id, started, reader, attempts, outcome)
             delay = outcome.retry_after

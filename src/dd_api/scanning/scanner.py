@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,12 +74,14 @@ class Scanner:
         concurrency: int,
         owner: str,
         lease_seconds: float,
+        on_finished: Callable[[str, float], None] | None = None,
     ) -> None:
         self._client = client
         self._store = store
         self._slots = asyncio.Semaphore(concurrency)
         self.owner = owner
         self._lease = timedelta(seconds=lease_seconds)
+        self._on_finished = on_finished  # told each written verdict and its seconds
         self.waiting = 0
         self.in_flight = 0
         self.active: set[UUID] = set()  # documents queued or scanning in this process
@@ -100,13 +103,16 @@ class Scanner:
         except Exception:
             log.exception("Scan could not be recorded: left in_progress", extra=job.log_extra)
         else:
+            seconds = time.monotonic() - started
+            if self._on_finished is not None:
+                self._on_finished(result.verdict, seconds)
             log.info(
                 "Scan finished",
                 extra={
                     **job.log_extra,
                     "scan_verdict": result.verdict,
                     "scan_reason": result.reason,
-                    "scan_seconds": round(time.monotonic() - started, 3),
+                    "scan_seconds": round(seconds, 3),
                     "scan_queue_depth": self.waiting,
                 },
             )

@@ -57,6 +57,7 @@ async def _serve(location: Location, key: bytes | None) -> Response:
         response = Response(b"", mimetype=document.mimetype)
     else:
         response = Response(document, mimetype=document.mimetype)
+        runtime().metrics.download_bytes.inc(document.size)
     # Large files on slow links must not be cut off by Quart's RESPONSE_TIMEOUT.
     response.timeout = None
     response.headers["Content-Length"] = str(document.size)

@@ -1,12 +1,50 @@
-"""Health check for load balancers."""
+"""Health checks for load balancers and operators, and Prometheus metrics."""
 
 from __future__ import annotations
 
-from quart import Blueprint
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+from quart import Blueprint, Response, request
+
+from ..metrics import CONTENT_TYPE
+from ..runtime import runtime
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("status", __name__)
 
+CHECK_TIMEOUT = 3.0
+
 
 @blueprint.get("/_status")
-async def status() -> tuple[str, int]:
-    return "ok", 200
+async def status() -> tuple[str | dict[str, Any], int]:
+    # The shallow check (what load balancers call) never depends on anything else.
+    if request.args.get("deep", "") in ("", "0", "false"):
+        return "ok", 200
+    deps = runtime()
+    assert deps.scan_client is not None, "dependencies not started"
+    checks = {
+        "store": await _check("store", deps.store.ping()),
+        "scan_files": await _check("scan_files", deps.scan_client.ping()),
+    }
+    healthy = all(state == "ok" for state in checks.values())
+    return {"status": "ok" if healthy else "unavailable", "checks": checks}, (
+        200 if healthy else 503
+    )
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    return Response(runtime().metrics.exposition(), content_type=CONTENT_TYPE)
+
+
+async def _check(name: str, probe: Awaitable[None]) -> str:
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT)
+    except Exception as error:
+        log.warning("Deep health check: %s unavailable (%s)", name, type(error).__name__)
+        return "unavailable"
+    return "ok"

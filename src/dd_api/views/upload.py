@@ -78,6 +78,7 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
         job.discard()
         raise
     current_app.add_background_task(runtime().scanner.run, job)
+    runtime().metrics.upload_bytes.inc(size)
 
     log.info(
         "Document uploaded",
