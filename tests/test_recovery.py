@@ -8,6 +8,7 @@ import io
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -273,16 +274,24 @@ async def test_sweeper_removes_the_copy_of_a_deleted_document(recovering_app) ->
     assert await runtime.store.list_pending() == []
 
 
-async def test_sweeper_leaves_young_copies_and_held_leases_alone(recovering_app) -> None:
-    runtime = recovering_app.extensions["dd_api"]
-    young = await leave_behind(runtime.store, b"Canada", {"av-status": "in_progress"})
-    assert await runtime.sweeper.sweep() == 0  # inside the grace period
-    await asyncio.sleep(0.3)
-    from datetime import UTC, datetime, timedelta
+async def test_sweeper_leaves_young_copies_alone(base_env, store_env) -> None:
+    # a grace period well over S3's one-second Last-Modified resolution
+    env = {**base_env, **store_env, "PENDING_SCAN_GRACE_SECONDS": "30"}
+    app = create_app(env)
+    async with running(app):
+        runtime = app.extensions["dd_api"]
+        await leave_behind(runtime.store, b"Canada", {"av-status": "in_progress"})
+        assert await runtime.sweeper.sweep() == 0
+        assert len(await runtime.store.list_pending()) == 1
 
+
+async def test_sweeper_leaves_copies_leased_by_a_live_instance_alone(recovering_app) -> None:
+    runtime = recovering_app.extensions["dd_api"]
+    location = await leave_behind(runtime.store, b"Canada", {"av-status": "in_progress"})
+    await asyncio.sleep(0.3)
     held = datetime.now(UTC) + timedelta(minutes=5)
-    assert await runtime.store.claim(young, "another-instance", held)
-    assert await runtime.sweeper.sweep() == 0  # another live instance holds it
+    assert await runtime.store.claim(location, "another-instance", held)
+    assert await runtime.sweeper.sweep() == 0
     assert len(await runtime.store.list_pending()) == 1
 
 
