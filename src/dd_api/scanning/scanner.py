@@ -49,7 +49,10 @@ async def copy_for_scan(stream: BinaryIO, size: int, memory_limit: int) -> bytes
     stream.seek(0)
     if size <= memory_limit:
         return stream.read()
-    return await asyncio.to_thread(_spool, stream)
+    try:
+        return await asyncio.to_thread(_spool, stream)
+    except OSError as error:  # a full or broken temp disk: refuse the upload, do not 500
+        raise StoreError(f"scan copy could not be written: {error.strerror}") from None
 
 
 def _spool(stream: BinaryIO) -> Path:

@@ -63,11 +63,13 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     location = Location(service_id, document_id, sending_method)
     key = secrets.token_bytes(32) if location.needs_key else None
     # The scan's copy is taken first: a document is stored only if its scan can run.
+    with store_errors(location, "Upload"):
+        source = await copy_for_scan(stream, size, settings.SCAN_MEMORY_THRESHOLD_BYTES)
     job = ScanJob(
         location=location,
         filename=filename or document.filename or "document",
         mimetype=mimetype,
-        source=await copy_for_scan(stream, size, settings.SCAN_MEMORY_THRESHOLD_BYTES),
+        source=source,
         request_id=current_trace_id(),
     )
     stream.seek(0)
@@ -83,8 +85,7 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     log.info(
         "Document uploaded",
         extra={
-            "service_id": str(service_id),
-            "document_id": str(document_id),
+            **location.log_extra,
             "mime_type": mimetype,
             "file_size": size,
             "sending_method": sending_method,
