@@ -39,6 +39,8 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
     # trace ids, JSON logging and the proxy-header check, as notification-utils did for Flask
     dd_compat.init_app(app)
     app.url_map.converters["base64_uuid"] = Base64UUIDConverter
+    # a doubled slash is an unknown URL (JSON 404), not a redirect built from the Host header
+    app.url_map.merge_slashes = False
     errors.register(app)
     for view in (status, upload, download, delete, verdict, openapi):
         app.register_blueprint(view.blueprint)
@@ -111,6 +113,8 @@ def _configure(app: Quart, settings: Settings) -> None:
         # would turn requests to any other host (health checks) into 404s.
         if field.name != "SERVER_NAME":
             app.config[field.name] = getattr(settings, field.name)
+    # Quart's own name for it; a slow-loris body is cut off after this many seconds
+    app.config["BODY_TIMEOUT"] = settings.BODY_TIMEOUT_SECONDS
 
 
 def _store(settings: Settings) -> DocumentStore:

@@ -52,6 +52,7 @@ class Settings:
     ALLOWED_MIME_TYPES: tuple[str, ...] = ALLOWED_MIME_TYPES
     EXTRA_MIME_TYPES: frozenset[tuple[str, str]] = frozenset()
     MAX_CONTENT_LENGTH: int = 10 * 1024 * 1024 + 1024
+    BODY_TIMEOUT_SECONDS: float = 60.0
     HTTP_SCHEME: str = "http"
     BACKEND_HOSTNAME: str = "localhost:7000"
     NOTIFY_APP_NAME: str = "Name"
@@ -118,6 +119,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         DOCUMENTS_BUCKET=_bucket(env, "test-bucket" if environment == "test" else None),
         EXTRA_MIME_TYPES=_extra_mime_types(env.get("EXTRA_MIME_TYPES", "")),
         MAX_CONTENT_LENGTH=_int(env, "MAX_CONTENT_LENGTH", Settings.MAX_CONTENT_LENGTH, minimum=1),
+        BODY_TIMEOUT_SECONDS=_float(env, "BODY_TIMEOUT_SECONDS", 60.0),
         HTTP_SCHEME=_choice(env, "HTTP_SCHEME", ("http", "https"), "http"),
         BACKEND_HOSTNAME=_nonempty(env, "BACKEND_HOSTNAME", "localhost:7000"),
         NOTIFY_APP_NAME=_nonempty(env, "NOTIFY_APP_NAME", "Name"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from quart import Quart, Response, jsonify
+from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,21 @@ def json_error(status: int, message: str) -> Response:
 
 
 def register(app: Quart) -> None:
+    app.after_request(_close_unread_bodies)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
+
+
+async def _close_unread_bodies(response: Response) -> Response:
+    # An error may be answered before the request body was read (auth, 411, 413): the
+    # server then has to drop the connection, so say so rather than let a keep-alive
+    # client send its next request into a closed socket.
+    has_body = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "")
+    if response.status_code >= 400 and has_body:
+        response.headers["Connection"] = "close"
+    return response
 
 
 async def _api_error(error: ApiError) -> Response:

@@ -249,11 +249,16 @@ class S3Store:
                 raise _ConditionFailed(code) from None
             if code in _NOT_FOUND:
                 raise DocumentNotFound(params.get("Key", "")) from None
-            if code in _KEY_ERRORS and "SSECustomerAlgorithm" in params:
+            if (
+                code in _KEY_ERRORS
+                and "SSECustomerAlgorithm" in params
+                and method.__name__ in _KEYED_READS
+            ):
                 raise DocumentKeyMismatch(code) from None
             if code in {"InvalidRequest", "400"} and method.__name__ in _KEYED_READS:
                 # an SSE-C object asked for without a key
                 raise DocumentKeyMismatch(code) from None
+            # a refused write (SSE-C blocked on the bucket, a missing permission) lands here
             raise StoreError(f"S3 {method.__name__} failed: {code}") from None
         except BotoCoreError as error:
             raise StoreError(f"S3 {method.__name__} failed: {type(error).__name__}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -49,7 +50,10 @@ async def _params() -> Mapping[str, Any]:
     # As the original: a JSON body when the request is JSON, the query string otherwise.
     if not request.is_json:
         return request.args
-    body = await request.get_json(silent=True)
+    try:
+        body = json.loads(await request.get_data())
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past any reason
+        body = None
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object")
     return body

@@ -29,6 +29,7 @@ blueprint = Blueprint("upload", __name__)
 
 # written with the document, so no reader ever sees it untagged
 IN_PROGRESS_TAGS = {AV_STATUS_TAG: IN_PROGRESS}
+MAX_FILENAME = 255
 
 
 @blueprint.post("/services/<uuid:service_id>/documents")
@@ -46,6 +47,9 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     settings = runtime().settings
     filename = form.get("filename")
     sending_method = form.get("sending_method")
+    # longer names would make links that no server accepts (notification-api allows 255)
+    if filename is not None and len(filename) > MAX_FILENAME:
+        raise ApiError(400, f"Filename must be at most {MAX_FILENAME} characters")
     stream = document.stream
     mimetype = mime.detect(stream)
     if not mime.is_allowed(
