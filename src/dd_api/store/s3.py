@@ -189,8 +189,14 @@ class S3Store:
             body.close()
 
     async def delete_pending(self, location: Location) -> None:
-        for object_key in (location.pending_key, location.lease_key):
-            await self._call(self._client.delete_object, Bucket=self.bucket, Key=object_key)
+        keys = [{"Key": location.pending_key}, {"Key": location.lease_key}]
+        response = await self._call(
+            self._client.delete_objects,
+            Bucket=self.bucket,
+            Delete={"Objects": keys, "Quiet": True},
+        )
+        if response.get("Errors"):  # reported per key, not raised
+            raise StoreError(f"S3 delete_objects failed: {response['Errors'][0].get('Code')}")
 
     async def claim(self, location: Location, owner: str, until: datetime) -> bool:
         lease = json.dumps({"owner": owner, "until": until.timestamp(), "nonce": uuid4().hex})
