@@ -5,7 +5,7 @@ PYTHON ?= python3.13
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The benchmark (bench/README.md): a few minutes, not part of CI. BENCH_ARGS=--quick for a smoke run.
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Mixed traffic at concurrency 32 for 5 minutes against the production server; not part of CI.
+soak: $(VENV)/.installed
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .

@@ -200,19 +200,23 @@ class S3Store:
 
     async def claim(self, location: Location, owner: str, until: datetime) -> bool:
         lease = json.dumps({"owner": owner, "until": until.timestamp(), "nonce": uuid4().hex})
+        # Usually nobody holds a lease yet: try to create it before reading anything.
+        if await self._put_lease(location, lease, IfNoneMatch="*"):
+            return True
         try:
             current = await self._call(
                 self._client.get_object, Bucket=self.bucket, Key=location.lease_key
             )
-        except DocumentNotFound:
-            condition = {"IfNoneMatch": "*"}
-        else:
-            async with current["Body"]:
-                held = json.loads(await current["Body"].read())
-            if held.get("owner") != owner and held.get("until", 0) > time.time():
-                return False
-            # replace exactly the lease we read: a competing claim changes the ETag
-            condition = {"IfMatch": current["ETag"]}
+        except DocumentNotFound:  # released since: claim it afresh
+            return await self._put_lease(location, lease, IfNoneMatch="*")
+        async with current["Body"]:
+            held = json.loads(await current["Body"].read())
+        if held.get("owner") != owner and held.get("until", 0) > time.time():
+            return False
+        # replace exactly the lease we read: a competing claim changes the ETag
+        return await self._put_lease(location, lease, IfMatch=current["ETag"])
+
+    async def _put_lease(self, location: Location, lease: str, **condition: str) -> bool:
         try:
             await self._call(
                 self._client.put_object,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import unicodedata
 from urllib.parse import quote
@@ -13,7 +14,7 @@ from werkzeug.exceptions import NotFound
 from ..errors import ApiError
 from ..runtime import runtime
 from ..scanning.verdict import Verdict, classify
-from ..store import Location
+from ..store import DocumentStore, Location, StoredDocument
 from .params import document_key
 from .store_errors import store_errors
 
@@ -46,10 +47,13 @@ async def download_short_link(service_id: UUID, document_id: UUID) -> Response:
 async def _serve(location: Location, key: bytes | None) -> Response:
     store = runtime().store
     with store_errors(location, "Download"):
-        verdict = classify(await store.get_tags(location))
-    _check_verdict(location, verdict)
-    with store_errors(location, "Download"):
-        document = await store.get(location, key)
+        # Both requests at once: the verdict check must not add a round trip to every download.
+        tags, document = await _tags_and_document(store, location, key)
+    try:
+        _check_verdict(location, classify(tags))
+    except ApiError:
+        await document.aclose()
+        raise
 
     if request.method == "HEAD":
         # headers only: release the S3 connection (or file) without reading the body
@@ -67,6 +71,20 @@ async def _serve(location: Location, key: bytes | None) -> Response:
     if filename:
         response.headers.set("Content-Disposition", "attachment", **_download_names(filename))
     return response
+
+
+async def _tags_and_document(
+    store: DocumentStore, location: Location, key: bytes | None
+) -> tuple[dict[str, str], StoredDocument]:
+    tags, document = await asyncio.gather(
+        store.get_tags(location), store.get(location, key), return_exceptions=True
+    )
+    if isinstance(document, BaseException):
+        raise document
+    if isinstance(tags, BaseException):
+        await document.aclose()
+        raise tags
+    return tags, document
 
 
 def _check_verdict(location: Location, verdict: Verdict) -> None:

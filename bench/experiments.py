@@ -1,0 +1,170 @@
+"""dd-api with optional patches, to measure a proposed fix before it is made in src/.
+
+    hypercorn -c hypercorn.toml bench.experiments:app     (what ``bench.run --patches`` runs)
+
+``DD_BENCH_PATCHES`` is a comma-separated list of:
+
+* ``no-expect``: PutObject without ``Expect: 100-continue`` (botocore adds it to every
+  file-like body, and aiohttp then waits for the interim 100 before sending the body).
+* ``chunk-1m``: stream downloads from S3 in 1 MiB chunks instead of 64 KiB.
+* ``parallel-tags``: on download, ask for the tags and the object at the same time instead of
+  one after the other (the verdict is still checked before a byte is served).
+* ``timings``: time the steps of each upload; ``GET /_bench/timings`` answers the totals and
+  resets them.
+
+These patch dd-api's internals by name, so they follow the code as of the commit the results
+name, and may need updating when src/ changes. Nothing here is used by ``make bench`` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from botocore.handlers import add_expect_header
+from quart import Quart, Response, request
+
+from dd_api.app import create_app
+from dd_api.scanning.verdict import classify
+from dd_api.store import s3 as s3_store
+from dd_api.views import download, upload
+from dd_api.views.store_errors import store_errors
+
+PATCHES = {name.strip() for name in os.environ.get("DD_BENCH_PATCHES", "").split(",") if name}
+TIMINGS: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+
+
+def no_expect() -> None:
+    opened = s3_store.S3Store.open
+
+    async def open_without_expect(self: s3_store.S3Store) -> None:
+        await opened(self)
+        self._client.meta.events.unregister("before-call.s3.PutObject", add_expect_header)
+
+    patched: Any = s3_store.S3Store
+    patched.open = open_without_expect
+
+
+def chunk_1m() -> None:
+    s3_store.CHUNK_SIZE = 1024 * 1024
+
+
+def parallel_tags() -> None:
+    download._serve = _serve_with_tags_beside
+
+
+async def _serve_with_tags_beside(location: Any, key: bytes | None) -> Response:
+    """download._serve, but GetObject starts beside GetObjectTagging, not after it."""
+    store = download.runtime().store
+    opening = asyncio.ensure_future(store.get(location, key))
+    try:
+        with store_errors(location, "Download"):
+            verdict = classify(await store.get_tags(location))
+        download._check_verdict(location, verdict)
+        with store_errors(location, "Download"):
+            document = await opening
+    except BaseException:
+        await _discard(opening)
+        raise
+    if request.method == "HEAD":
+        await document.aclose()
+        response = Response(b"", mimetype=document.mimetype)
+    else:
+        response = Response(document, mimetype=document.mimetype)
+    response.timeout = None
+    response.headers["Content-Length"] = str(document.size)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Robots-Tag"] = "noindex, nofollow"
+    filename = request.args.get("filename")
+    if filename:
+        names = download._download_names(filename)
+        response.headers.set("Content-Disposition", "attachment", **names)
+    return response
+
+
+async def _discard(opening: asyncio.Future[Any]) -> None:
+    if not opening.done():
+        opening.cancel()
+    try:
+        document = await opening
+    except BaseException:  # cancelled, or failed: nothing to release
+        return
+    await document.aclose()
+
+
+def timed[**P, R](name: str, function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(function)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        started = time.perf_counter()
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            _record(name, started)
+
+    return wrapper
+
+
+def timed_sync[**P, R](name: str, function: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _record(name, started)
+
+    return wrapper
+
+
+def _record(name: str, started: float) -> None:
+    entry = TIMINGS[name]
+    entry[0] += 1
+    entry[1] += time.perf_counter() - started
+
+
+def timings(app: Quart) -> None:
+    from quart.wrappers.request import Request
+
+    patched: Any = Request
+    patched._load_form_data = timed("1 multipart parse", Request._load_form_data)
+    upload.mime.detect = timed_sync("2 libmagic", upload.mime.detect)
+    upload.copy_for_scan = timed("3 scan copy", upload.copy_for_scan)
+    patched = s3_store.S3Store
+    patched.put = timed("4a PutObject document", patched.put)
+    patched.put_pending = timed("4b PutObject pending copy", patched.put_pending)
+    upload._store_with_pending_copy = timed("4 both writes", upload._store_with_pending_copy)
+    view = "upload.upload_document"
+    app.view_functions[view] = timed("0 upload view", app.view_functions[view])
+
+    @app.get("/_bench/timings")
+    async def report_timings() -> dict[str, Any]:
+        answer = {
+            name: {"count": count, "mean_ms": round(total * 1000 / count, 2)}
+            for name, (count, total) in sorted(TIMINGS.items())
+            if count
+        }
+        if request.args.get("reset", "1") == "1":
+            TIMINGS.clear()
+        return answer
+
+
+def build() -> Quart:
+    for name, patch in {
+        "no-expect": no_expect,
+        "chunk-1m": chunk_1m,
+        "parallel-tags": parallel_tags,
+    }.items():
+        if name in PATCHES:
+            patch()
+    built = create_app()
+    if "timings" in PATCHES:
+        timings(built)
+    return built
+
+
+app = build()

@@ -1,0 +1,687 @@
+"""Benchmark orchestration: start the servers on 127.0.0.1, drive bench/loadgen.py, report.
+
+    .venv/bin/python -m bench.run            # full run (a few minutes), writes bench/results/
+    .venv/bin/python -m bench.run --quick    # smoke run (< 1 min), writes bench/results/quick/
+
+Processes: one moto S3 server, two scan-files stand-ins (delay 0 s and 2 s), two dd-api
+servers run with the production command (one per stand-in), and the load generator. The
+backlog burst then runs on a fresh dd-api process. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import boto3
+import httpx
+
+from bench import profiles, report
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "bench" / "results"
+KIB, MIB = 1024, 1024 * 1024
+TOKEN = "bench-token"  # a throwaway token for the local servers
+SCAN_KEY = "bench-scan-key"
+SERVICE_ID = "00000000-0000-0000-0000-000000000000"
+# The cells scan 16 at a time (more background work beside the uploads than the default 4,
+# and a 2 s backlog that drains within the run); the burst uses the default, 4, as specified.
+CELL_SCAN_CONCURRENCY = 16
+BURST_SCAN_CONCURRENCY = 4
+SLOW_SCAN_S = 2.0
+AWS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+PACKAGES = ("quart", "hypercorn", "aioboto3", "aiobotocore", "botocore", "httpx", "moto")
+
+
+@dataclass(frozen=True)
+class Cell:
+    size: int
+    concurrency: int
+    count: int  # uploads per variant per pass
+
+    @property
+    def label(self) -> str:
+        return report.cell_label(self.size, self.concurrency)
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    passes: int
+    cells: tuple[Cell, ...]
+    burst_uploads: int
+    warm_up_sizes: list[int]
+    warm_up_count: int
+    burst_size: int = 5 * MIB
+    burst_concurrency: int = 16
+
+
+def plan(quick: bool, passes: int | None) -> Plan:
+    if quick:
+        # every code path, too few requests to mean anything
+        counts = {(10 * KIB, 1): 4, (10 * KIB, 16): 8, (10 * MIB, 1): 2, (10 * MIB, 16): 4}
+        return Plan("quick", passes or 2, _cells(counts), 8, [10 * KIB], 2)
+    counts = {(10 * KIB, 1): 40, (10 * KIB, 16): 64, (MIB, 1): 30, (MIB, 16): 48}
+    counts |= {(10 * MIB, 1): 16, (10 * MIB, 16): 32}
+    return Plan("full", passes or 4, _cells(counts), 100, [10 * KIB, MIB, 10 * MIB], 4)
+
+
+def _cells(counts: dict[tuple[int, int], int]) -> tuple[Cell, ...]:
+    return tuple(Cell(size, conc, count) for (size, conc), count in counts.items())
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+class Proc:
+    """A server process we started, its log file, and how to stop it."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
+        self.name, self.log = name, log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_ready(self, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}); see {self.log}")
+            try:
+                httpx.get(url, timeout=1.0)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer {url} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return env | AWS
+
+
+class Servers:
+    """Starts and stops everything but the load generator."""
+
+    def __init__(self, work: Path, stack: ExitStack) -> None:
+        self.work, self.stack = work, stack
+        self.s3 = ""
+        self.bucket = "dd-bench"
+        self.scanners: dict[float, str] = {}
+        self.procs: list[Proc] = []
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, self.work / f"{name}.log", env or base_env())
+        self.stack.callback(proc.stop)
+        self.procs.append(proc)
+        return proc
+
+    def start_s3(self) -> Proc:
+        port = free_port()
+        proc = self._start("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)])
+        self.s3 = f"http://127.0.0.1:{port}"
+        proc.wait_ready(self.s3)
+        boto3.client("s3", endpoint_url=self.s3, **_boto_args()).create_bucket(Bucket=self.bucket)
+        return proc
+
+    def start_scanner(self, delay: float) -> Proc:
+        port = free_port()
+        argv = [sys.executable, "-m", "tests.support.scanfiles", "--port", str(port)]
+        argv += ["--api-key", SCAN_KEY, "--delay", f"{delay:g}"]
+        proc = self._start(f"scanfiles-{delay:g}s", argv)
+        self.scanners[delay] = f"http://127.0.0.1:{port}"
+        proc.wait_ready(f"{self.scanners[delay]}/healthcheck")
+        return proc
+
+    def start_api(
+        self,
+        name: str,
+        scan_delay: float,
+        scan_concurrency: int,
+        *,
+        app: str = "dd_api.asgi:app",
+        env: dict[str, str] | None = None,
+    ) -> tuple[Proc, str]:
+        """dd-api exactly as in production, bound to a loopback port."""
+        port = free_port()
+        tmp = self.work / f"{name}-tmp"
+        tmp.mkdir()
+        env = (
+            base_env()
+            | (env or {})
+            | {
+                "NOTIFY_ENVIRONMENT": "production",
+                "DOCUMENT_STORE": "s3",
+                "DOCUMENTS_BUCKET": self.bucket,
+                "AWS_ENDPOINT_URL_S3": self.s3,
+                "AUTH_TOKENS": TOKEN,
+                "ANTIVIRUS_API_HOST": self.scanners[scan_delay],
+                "ANTIVIRUS_API_KEY": SCAN_KEY,
+                "SCAN_CONCURRENCY": str(scan_concurrency),
+                "TMPDIR": str(tmp),  # the scan copies of large uploads land here
+            }
+        )
+        argv = [str(BIN / "hypercorn"), "-c", "hypercorn.toml", app]
+        proc = self._start(name, [*argv, "--bind", f"127.0.0.1:{port}"], env)
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_ready(f"{url}/_status")
+        return proc, url
+
+
+def _boto_args() -> dict[str, str]:
+    return {
+        "aws_access_key_id": AWS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": AWS["AWS_DEFAULT_REGION"],
+    }
+
+
+class LoadGen:
+    """The load generator process, one JSON command and answer per line."""
+
+    def __init__(self, work: Path, stack: ExitStack, servers: Servers) -> None:
+        self.servers = servers
+        log = (work / "loadgen.log").open("wb")
+        stack.callback(log.close)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen"],
+            cwd=ROOT,
+            env=base_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        stack.callback(self.close)
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        stdin, stdout = self._pipes()
+        stdin.write(json.dumps(cmd) + "\n")
+        stdin.flush()
+        line = stdout.readline()
+        if not line:
+            raise RuntimeError(f"load generator exited ({self.popen.poll()}); see loadgen.log")
+        return json.loads(line)
+
+    def pids(self) -> list[int]:
+        """The benchmark's own processes: this one, the load generator, the servers."""
+        return [os.getpid(), self.popen.pid, *(proc.pid for proc in self.servers.procs)]
+
+    def _pipes(self) -> tuple[IO[str], IO[str]]:
+        assert self.popen.stdin is not None and self.popen.stdout is not None
+        return self.popen.stdin, self.popen.stdout
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                self.ask_quit()
+                self.popen.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.popen.kill()
+
+    def ask_quit(self) -> None:
+        stdin, _ = self._pipes()
+        stdin.write(json.dumps({"op": "quit"}) + "\n")
+        stdin.flush()
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM to the current RSS."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    return _status_kib(pid, "VmHWM") * 1024 / report.MB
+
+
+def rss_mb(pid: int) -> float:
+    return _status_kib(pid, "VmRSS") * 1024 / report.MB
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Api:
+    variant: str
+    proc: Proc
+    url: str
+
+
+def rotate[T](items: list[T], by: int) -> list[T]:
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a variant's uploads go, and which processes' CPU time it is charged."""
+
+    variant: str
+    url: str | None  # None: raw S3 from the load generator
+    copies: int = 1
+    download: bool = True
+
+
+def targets(apis: list[Api]) -> list[Target]:
+    found = [Target(api.variant, api.url) for api in apis]
+    return [*found, Target("raw", None), Target("raw2", None, copies=2, download=False)]
+
+
+def run_pass(loadgen: LoadGen, target: Target, **load: Any) -> dict[str, Any]:
+    others = OtherLoad(loadgen.pids())
+    answer = loadgen.ask(
+        op="pass", variant=target.variant, base_url=target.url, copies=target.copies,
+        download=target.download, wait_s=drain_wait(load["count"], CELL_SCAN_CONCURRENCY),
+        **load,
+    )  # fmt: skip
+    stats = report.pass_stats(answer, server=target.variant if target.url else None)
+    stats["other_cpu_pct"] = others.percent()
+    return stats
+
+
+class OtherLoad:
+    """The CPU that processes outside the benchmark used while a pass ran, as a percentage of
+    all the machine's cores: the noise a pass was measured under."""
+
+    def __init__(self, ours: list[int]) -> None:
+        self.ours = ours
+        self.started = time.monotonic()
+        self.busy, self.own = _busy_ticks(), self._own_ticks()
+
+    def _own_ticks(self) -> float:
+        return sum(_process_ticks(pid) for pid in self.ours)
+
+    def percent(self) -> float:
+        wall = time.monotonic() - self.started
+        others = (_busy_ticks() - self.busy) - (self._own_ticks() - self.own)
+        capacity = wall * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
+        return max(0.0, 100 * others / capacity) if capacity else 0.0
+
+
+def _busy_ticks() -> float:
+    """Machine-wide busy time: user, nice, system, irq, softirq and steal from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def _process_ticks(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # stopped (the burst's predecessors)
+        return 0.0
+    return int(fields[11]) + int(fields[12])
+
+
+def warm_up(loadgen: LoadGen, all_targets: list[Target], sizes: list[int], count: int) -> None:
+    """Open connection pools and load lazy imports before anything is measured."""
+    for size in sizes:
+        for target in all_targets:
+            run_pass(loadgen, target, size=size, concurrency=count, count=count)
+    loadgen.ask(op="cleanup")
+
+
+def run_cell(
+    loadgen: LoadGen, apis: list[Api], all_targets: list[Target], cell: Cell, passes: int
+) -> dict[str, Any]:
+    for api in apis:
+        reset_peak_rss(api.proc.pid)
+    per_pass: dict[str, list[dict[str, Any]]] = {t.variant: [] for t in all_targets}
+    load = {"size": cell.size, "concurrency": cell.concurrency, "count": cell.count}
+    for number in range(passes):
+        for target in rotate(all_targets, number):
+            per_pass[target.variant].append(run_pass(loadgen, target, **load))
+        print(f"  {cell.label} pass {number + 1}/{passes}: {_brief(per_pass)}", flush=True)
+    result = _cell_result(cell, passes, apis, per_pass)
+    loadgen.ask(op="cleanup")
+    return result
+
+
+def _brief(per_pass: dict[str, list[dict[str, Any]]]) -> str:
+    latest = {variant: passes[-1]["p50_ms"] for variant, passes in per_pass.items()}
+    return ", ".join(f"{variant} p50 {p50:.1f} ms" for variant, p50 in latest.items())
+
+
+def drain_wait(uploads: int, scan_concurrency: int) -> float:
+    """How long to wait for verdicts before counting the missing ones as errors."""
+    return 60 + uploads * SLOW_SCAN_S / scan_concurrency
+
+
+def _cell_result(
+    cell: Cell,
+    passes: int,
+    apis: list[Api],
+    per_pass: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
+    variants: dict[str, Any] = {}
+    for variant, stats in per_pass.items():
+        variants[variant] = {"passes": stats, "summary": report.summarize(stats)}
+    for api in apis:
+        variants[api.variant]["verdicts"] = report.pooled_verdicts(per_pass[api.variant])
+        variants[api.variant]["peak_rss_mb"] = peak_rss_mb(api.proc.pid)
+    return {
+        "label": cell.label,
+        "size": cell.size,
+        "concurrency": cell.concurrency,
+        "count": cell.count,
+        "passes": passes,
+        "variants": variants,
+    }
+
+
+def run_burst(loadgen: LoadGen, servers: Servers, plan: Plan, s3_pid: int) -> dict[str, Any]:
+    proc, url = servers.start_api("dd-api-burst", SLOW_SCAN_S, BURST_SCAN_CONCURRENCY)
+    loadgen.ask(op="watch", watch={"burst": proc.pid, "s3": s3_pid})
+    loadgen.ask(
+        op="pass", variant="burst", base_url=url, size=10 * KIB, concurrency=1, count=2,
+        download=True, wait_s=30,
+    )  # fmt: skip
+    reset_peak_rss(proc.pid)
+    before = rss_mb(proc.pid)
+    started = time.monotonic()
+    answer = loadgen.ask(
+        op="pass", variant="burst", base_url=url, size=plan.burst_size,
+        concurrency=plan.burst_concurrency, count=plan.burst_uploads, download=False,
+        wait_s=drain_wait(plan.burst_uploads, BURST_SCAN_CONCURRENCY),
+    )  # fmt: skip
+    drained = time.monotonic() - started
+    loadgen.ask(op="cleanup")
+    upload = report.pass_stats(answer, server="burst")
+    return {
+        "uploads": plan.burst_uploads,
+        "size": plan.burst_size,
+        "concurrency": plan.burst_concurrency,
+        "scan_delay_s": SLOW_SCAN_S,
+        "scan_concurrency": BURST_SCAN_CONCURRENCY,
+        "upload": upload,
+        "errors": upload["upload_errors"],
+        "verdicts": report.pooled_verdicts([upload]),
+        "peak_rss_mb": peak_rss_mb(proc.pid),
+        "rss_before_mb": before,
+        "drained_after_s": drained,
+    }
+
+
+# -- metadata -----------------------------------------------------------------------------------
+
+
+def machine(load_before: str) -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "load_before": load_before,
+        "load_after": _load(),
+    }
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_state() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout
+
+    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    changed = [line[3:] for line in git("status", "--porcelain", "src").splitlines() if line]
+    if not changed:
+        return f"commit {commit}, src/ clean"
+    return f"commit {commit} + uncommitted changes in {', '.join(changed)}"
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run, under a minute")
+    parser.add_argument("--passes", type=int, help="passes per cell (default 4, quick 2)")
+    parser.add_argument(
+        "--only", help="run only the cells matching one of these, e.g. '10 MiB c1,c16'"
+    )
+    parser.add_argument("--no-burst", action="store_true", help="skip the backlog burst")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results directory (default: bench/results, or its quick/ or partial/ subdirectory)",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the server logs")
+    parser.add_argument(
+        "--py-spy",
+        metavar="VARIANT",
+        help="profile that dd-api server (scan0, scan2 or patched) in every cell with py-spy",
+    )
+    parser.add_argument(
+        "--patches",
+        help="also run a 'patched' variant (scan 0 s) with these bench/experiments.py patches",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    the_plan = plan(args.quick, args.passes)
+    if args.only:
+        cells = tuple(cell for cell in the_plan.cells if selected(cell, args.only))
+        the_plan = replace(the_plan, cells=cells, mode=f"{the_plan.mode} (partial)")
+    signal.signal(signal.SIGTERM, _interrupt)  # so the servers are stopped on the way out
+    out = args.out or default_out(args)
+    command = shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
+    with workdir(args.keep_logs) as work:
+        options = Options(args.no_burst, args.patches, args.py_spy, out)
+        result = execute(the_plan, work, command, options)
+    json_path, md_path = report.write(result, out, "results")
+    print(md_path.read_text())
+    print(f"wrote {md_path} and {json_path}")
+    missed = [check for check in result["targets"] if check["met"] is False]
+    return 1 if args.strict and missed else 0
+
+
+def selected(cell: Cell, only: str) -> bool:
+    """``--only '10 MiB,c1'``: cells whose label has every word of one of the items."""
+    words = set(cell.label.split())
+    return any(set(item.split()) <= words for item in only.split(","))
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """Only a complete default run lands in bench/results/ itself (the committed one)."""
+    if args.quick:
+        return RESULTS / "quick"
+    if args.only or args.no_burst or args.patches:
+        return RESULTS / "partial"
+    return RESULTS
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def workdir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="dd-bench-"))
+    failed = True
+    try:
+        yield path
+        failed = False
+    finally:
+        if keep or failed:
+            print(f"server logs kept in {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Options:
+    skip_burst: bool
+    patches: str | None
+    profile: str | None  # variant whose server py-spy samples
+    out: Path
+
+
+def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[str, Any]:
+    patches = options.patches
+    started_at, started, load_before = datetime.now(UTC), time.monotonic(), _load()
+    code = git_state()  # what the servers are started from
+    with ExitStack() as stack:
+        servers = Servers(work, stack)
+        s3 = servers.start_s3()
+        servers.start_scanner(0.0)
+        servers.start_scanner(SLOW_SCAN_S)
+        apis = [
+            Api("scan0", *servers.start_api("dd-api-scan0", 0.0, CELL_SCAN_CONCURRENCY)),
+            Api("scan2", *servers.start_api("dd-api-scan2", SLOW_SCAN_S, CELL_SCAN_CONCURRENCY)),
+        ]
+        if patches:
+            apis.append(Api("patched", *start_patched(servers, patches)))
+        loadgen = LoadGen(work, stack, servers)
+        watch = {api.variant: api.proc.pid for api in apis} | {"s3": s3.pid}
+        loadgen.ask(op="init", s3=servers.s3, bucket=servers.bucket, token=TOKEN,
+                    service_id=SERVICE_ID, watch=watch)  # fmt: skip
+        all_targets = targets(apis)
+        print(f"servers up in {time.monotonic() - started:.1f} s; warming up", flush=True)
+        warm_up(loadgen, all_targets, the_plan.warm_up_sizes, the_plan.warm_up_count)
+        baseline = {api.variant: rss_mb(api.proc.pid) for api in apis}
+        cells = []
+        for cell in the_plan.cells:
+            with profiled(apis, cell, options):
+                cells.append(run_cell(loadgen, apis, all_targets, cell, the_plan.passes))
+        print(f"cells done after {time.monotonic() - started:.0f} s", flush=True)
+        for api in apis:  # free the CPU for the burst
+            api.proc.stop()
+        burst = None if options.skip_burst else run_burst(loadgen, servers, the_plan, s3.pid)
+    meta = {
+        "started": started_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "mode": the_plan.mode,
+        "passes": the_plan.passes,
+        "duration_s": time.monotonic() - started,
+        "machine": machine(load_before),
+        "versions": versions(),
+        "git": code,
+        "servers": _servers_note(baseline),
+        "patches": patches,
+    }
+    result = {"meta": meta, "cells": cells, "burst": burst}
+    result["targets"] = report.check_targets(cells, burst)
+    return result
+
+
+@contextmanager
+def profiled(apis: list[Api], cell: Cell, options: Options) -> Iterator[None]:
+    """Run py-spy on the chosen server during the cell, then write a summary of it."""
+    if options.profile is None:
+        yield
+        return
+    server = next((api for api in apis if api.variant == options.profile), None)
+    if server is None:
+        raise SystemExit(f"--py-spy {options.profile}: no such dd-api variant in this run")
+    name = f"profile-{server.variant}-{cell.label.replace(' ', '')}"
+    options.out.mkdir(parents=True, exist_ok=True)
+    stacks = options.out / f"{name}.txt"
+    with profiles.recording(server.proc.pid, stacks):
+        yield
+    title = f"py-spy: dd-api ({report.LABELS[server.variant]}) during {cell.label}"
+    (options.out / f"{name}.md").write_text(profiles.summarize(stacks, title))
+
+
+def start_patched(servers: Servers, patches: str) -> tuple[Proc, str]:
+    return servers.start_api(
+        "dd-api-patched",
+        0.0,
+        CELL_SCAN_CONCURRENCY,
+        app="bench.experiments:app",
+        env={"DD_BENCH_PATCHES": patches},
+    )
+
+
+def _servers_note(baseline: dict[str, float]) -> str:
+    rss = ", ".join(f"{name} {value:.0f} MB" for name, value in baseline.items())
+    return (
+        "moto_server (S3), tests/support/scanfiles.py stand-ins (0 s and 2 s), dd-api via "
+        f"`hypercorn -c hypercorn.toml dd_api.asgi:app --bind 127.0.0.1:<port>` with "
+        f"DOCUMENT_STORE=s3, NOTIFY_ENVIRONMENT=production, "
+        f"SCAN_CONCURRENCY={CELL_SCAN_CONCURRENCY} in the cells; "
+        f"RSS after warm-up: {rss}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
