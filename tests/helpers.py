@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
 from quart import Quart
 from quart.datastructures import FileStorage
 from quart.testing import QuartClient
@@ -91,6 +96,35 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         return self.output()
+
+
+@contextmanager
+def hypercorn_in_thread(app: Any, config: HypercornConfig | None = None) -> Iterator[str]:
+    """The app under Hypercorn in a thread of this process, for settings no environment
+    variable reaches and for log records before they are formatted; yields its URL."""
+    config = config or HypercornConfig()
+    config.workers = 1  # serve() runs in this process anyway
+    port = free_port()
+    config.bind = [f"127.0.0.1:{port}"]
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    thread = threading.Thread(
+        target=loop.run_until_complete, args=(serve(app, config, shutdown_trigger=stop.wait),)
+    )
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(f"{url}/_status", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(20)
+        loop.close()
 
 
 def document(content: bytes, filename: str = "document") -> dict[str, FileStorage]:

@@ -16,14 +16,12 @@ The module's server must have logged no traceback when it stops.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import os
 import socket
 import subprocess
-import threading
 import time
 import unicodedata
 import uuid
@@ -36,13 +34,20 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import schemathesis
-from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from hypothesis import HealthCheck, settings
 from werkzeug.http import parse_options_header
 
 from dd_api.app import create_app
-from tests.helpers import AUTH, BIN, SERVICE_ID, TOKEN, free_port, wait_for_http
+from tests.helpers import (
+    AUTH,
+    BIN,
+    SERVICE_ID,
+    TOKEN,
+    free_port,
+    hypercorn_in_thread,
+    wait_for_http,
+)
 from tests.support.scanfiles import DEFAULT_API_KEY, ScanFilesStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -776,34 +781,6 @@ def test_a_slow_body_times_out_on_the_production_server(tmp_path) -> None:
         assert not server.files()
 
 
-@contextmanager
-def in_process_server(app: Any) -> Iterator[str]:
-    """The app under Hypercorn in a thread (to set config the environment cannot)."""
-    config = HypercornConfig()
-    port = free_port()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    thread = threading.Thread(
-        target=loop.run_until_complete, args=(serve(app, config, shutdown_trigger=stop.wait),)
-    )
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(f"{url}/_status", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(15)
-        loop.close()
-
-
 def test_a_slow_body_times_out_with_408_and_frees_its_request(tmp_path, scanfiles) -> None:
     store = tmp_path / "docs"
     app = create_app(
@@ -816,7 +793,7 @@ def test_a_slow_body_times_out_with_408_and_frees_its_request(tmp_path, scanfile
         }
     )
     app.config["BODY_TIMEOUT"] = 1
-    with in_process_server(app) as url:
+    with hypercorn_in_thread(app, quiet_config()) as url:
         port = int(url.rsplit(":", 1)[1])
         body = multipart(DOCUMENT_PART)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -834,3 +811,9 @@ def test_a_slow_body_times_out_with_408_and_frees_its_request(tmp_path, scanfile
         assert json.loads(error) == {"error": "Request Timeout"}
         assert httpx.get(f"{url}/_status").status_code == 200
     assert not [path for path in store.rglob("*") if path.suffix in (".data", ".json")]
+
+
+def quiet_config() -> HypercornConfig:
+    config = HypercornConfig()
+    config.accesslog = None
+    return config

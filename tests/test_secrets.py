@@ -21,16 +21,13 @@ checked before any formatting or redaction (defence in depth must not be the onl
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import os
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +35,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from dd_api.app import create_app
-from tests.helpers import BIN, SERVICE_ID, free_port, wait_for_http
+from tests.helpers import BIN, SERVICE_ID, free_port, hypercorn_in_thread, wait_for_http
 from tests.support.scanfiles import EICAR, ScanFilesStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -436,34 +432,6 @@ def test_no_secret_leaks_from_the_production_server(
 # -- the app in this process: its log records, before formatting -------------------------------
 
 
-@contextmanager
-def hypercorn_in_thread(app: Any) -> Iterator[str]:
-    """The app under Hypercorn with the production settings file, in a thread of this process."""
-    config = HypercornConfig.from_toml(str(ROOT / "hypercorn.toml"))
-    config.workers = 1  # serve() runs in this process anyway (0 warns)
-    port = free_port()
-    config.bind = [f"127.0.0.1:{port}"]
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    thread = threading.Thread(
-        target=loop.run_until_complete, args=(serve(app, config, shutdown_trigger=stop.wait),)
-    )
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                httpx.get(f"{url}/_status", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(20)
-        loop.close()
-
-
 class RecordKeeper(logging.Handler):
     """Keeps every record of every logger, whatever the level its logger lets through."""
 
@@ -510,7 +478,9 @@ def test_no_secret_leaks_from_the_app_log_records(
         }
         app = create_app(env)
         try:
-            with hypercorn_in_thread(app) as url:
+            with hypercorn_in_thread(
+                app, HypercornConfig.from_toml(str(ROOT / "hypercorn.toml"))
+            ) as url:
                 driver = Driver(url, secrets, scanfiles)
                 drive_every_route(driver, store if store_env["DOCUMENT_STORE"] == "local" else None)
         finally:
