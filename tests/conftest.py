@@ -21,6 +21,7 @@ from tests.helpers import (
     Server,
     free_port,
     new_bucket,
+    production_command,
     running,
     wait_for_http,
 )
@@ -142,14 +143,7 @@ def serve(tmp_path: Path, scanfiles: ScanFilesStandIn) -> Iterator[Callable[...,
         port = free_port()
         log = tmp_path / f"server-{port}.log"
         process = subprocess.Popen(
-            [
-                str(BIN / "hypercorn"),
-                "-c",
-                "hypercorn.toml",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "dd_api.asgi:app",
-            ],
+            production_command(port),
             cwd=ROOT,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,

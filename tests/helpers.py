@@ -36,6 +36,18 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def production_command(port: int) -> list[str]:
+    """The README's production command, bound to a loopback port (run it from ROOT)."""
+    return [
+        str(BIN / "hypercorn"),
+        "-c",
+        "hypercorn.toml",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "dd_api.asgi:app",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -41,11 +41,11 @@ from werkzeug.http import parse_options_header
 from dd_api.app import create_app
 from tests.helpers import (
     AUTH,
-    BIN,
     SERVICE_ID,
     TOKEN,
     free_port,
     hypercorn_in_thread,
+    production_command,
     wait_for_http,
 )
 from tests.support.scanfiles import DEFAULT_API_KEY, ScanFilesStandIn
@@ -88,14 +88,7 @@ def production_server(tmp: Path, **env: str) -> Iterator[Server]:
     log = tmp / f"server-{port}.log"
     with ScanFilesStandIn(api_key=DEFAULT_API_KEY) as scanfiles:
         process = subprocess.Popen(
-            [
-                str(BIN / "hypercorn"),
-                "-c",
-                "hypercorn.toml",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "dd_api.asgi:app",
-            ],
+            production_command(port),
             cwd=ROOT,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,

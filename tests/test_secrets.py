@@ -38,7 +38,13 @@ import pytest
 from hypercorn.config import Config as HypercornConfig
 
 from dd_api.app import create_app
-from tests.helpers import BIN, SERVICE_ID, free_port, hypercorn_in_thread, wait_for_http
+from tests.helpers import (
+    SERVICE_ID,
+    free_port,
+    hypercorn_in_thread,
+    production_command,
+    wait_for_http,
+)
 from tests.support.scanfiles import EICAR, ScanFilesStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -407,9 +413,8 @@ def test_no_secret_leaks_from_the_production_server(
             "LOCAL_STORE_PATH": str(store),
             "ANTIVIRUS_API_HOST": scanfiles.url,
         }
-        command = [str(BIN / "hypercorn"), "-c", "hypercorn.toml", "--bind", f"127.0.0.1:{port}"]
         process = subprocess.Popen(
-            [*command, "dd_api.asgi:app"],
+            production_command(port),
             cwd=ROOT,
             env=env,
             stdout=log.open("wb"),

@@ -9,7 +9,7 @@ import sys
 
 import httpx
 
-from tests.helpers import AUTH, BIN, ROOT, SERVICE_ID, free_port
+from tests.helpers import AUTH, ROOT, SERVICE_ID, free_port, production_command
 
 PDF = b"%PDF-1.4 " + b"x" * 100_000
 
@@ -89,14 +89,7 @@ def test_keys_and_tokens_never_reach_the_logs(serve) -> None:
 
 def test_bad_config_stops_start_up_with_the_variable_named(tmp_path) -> None:
     result = subprocess.run(
-        [
-            str(BIN / "hypercorn"),
-            "-c",
-            "hypercorn.toml",
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            "dd_api.asgi:app",
-        ],
+        production_command(free_port()),
         cwd=ROOT,
         env={**os.environ, "DOCUMENT_STORE": "floppy"},
         capture_output=True,
