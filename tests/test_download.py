@@ -9,7 +9,7 @@ import pytest
 from dd_api.app import create_app
 from tests.helpers import AWS_ENV, free_port, running, upload
 
-PDF = b"%PDF-1.4 " + bytes(range(256)) * 800  # ~200 KiB: several 64 KiB chunks
+PDF = b"%PDF-1.4 " + bytes(range(256)) * 2400  # ~600 KiB: several 256 KiB chunks
 
 
 def path_of(url: str) -> str:
