@@ -6,9 +6,15 @@
 
 * ``no-expect``: PutObject without ``Expect: 100-continue`` (botocore adds it to every
   file-like body, and aiohttp then waits for the interim 100 before sending the body).
-* ``chunk-1m``: stream downloads from S3 in 1 MiB chunks instead of 64 KiB.
+* ``chunk-256k``, ``chunk-1m``: stream downloads from S3 in 256 KiB or 1 MiB chunks instead
+  of 64 KiB.
 * ``parallel-tags``: on download, ask for the tags and the object at the same time instead of
   one after the other (the verdict is still checked before a byte is served).
+* ``no-pending``: store the document alone, without its pending-scan copy. Not crash-safe
+  (issue 6): it measures what any design that writes the document once can reach at best.
+* ``copy-pending``: send the bytes once: PutObject the document, then have S3 copy it into
+  its pending-scan copy (CopyObject with the document's key as the copy source key) instead
+  of uploading the bytes a second time beside it.
 * ``timings``: time the steps of each upload; ``GET /_bench/timings`` answers the totals and
   resets them.
 
@@ -24,7 +30,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from botocore.handlers import add_expect_header
 from quart import Quart, Response, request
@@ -34,6 +40,9 @@ from dd_api.scanning.verdict import classify
 from dd_api.store import s3 as s3_store
 from dd_api.views import download, upload
 from dd_api.views.store_errors import store_errors
+
+if TYPE_CHECKING:
+    from dd_api.scanning.scanner import ScanJob
 
 PATCHES = {name.strip() for name in os.environ.get("DD_BENCH_PATCHES", "").split(",") if name}
 TIMINGS: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
@@ -48,6 +57,10 @@ def no_expect() -> None:
 
     patched: Any = s3_store.S3Store
     patched.open = open_without_expect
+
+
+def chunk_256k() -> None:
+    s3_store.CHUNK_SIZE = 256 * 1024
 
 
 def chunk_1m() -> None:
@@ -95,6 +108,53 @@ async def _discard(opening: asyncio.Future[Any]) -> None:
     except BaseException:  # cancelled, or failed: nothing to release
         return
     await document.aclose()
+
+
+def no_pending() -> None:
+    async def store_alone(
+        location: Any, stream: BinaryIO, size: int, mimetype: str, key: bytes | None, job: ScanJob
+    ) -> None:
+        store = upload.runtime().store
+        await store.put(
+            location, stream, size=size, mimetype=mimetype, key=key, tags=upload.IN_PROGRESS_TAGS
+        )
+
+    upload._store_with_pending_copy = store_alone
+
+
+def copy_pending() -> None:
+    upload._store_with_pending_copy = _store_then_copy
+
+
+async def _store_then_copy(
+    location: Any, stream: BinaryIO, size: int, mimetype: str, key: bytes | None, job: ScanJob
+) -> None:
+    """The document first, then S3 copies it to the pending-scan copy: both, or neither."""
+    store: Any = upload.runtime().store
+    await store.put(
+        location, stream, size=size, mimetype=mimetype, key=key, tags=upload.IN_PROGRESS_TAGS
+    )
+    pending = upload.PendingCopy(location, job.filename, mimetype, job.request_id)
+    source_key = {}
+    if key is not None:
+        source_key = {"CopySourceSSECustomerKey": key, "CopySourceSSECustomerAlgorithm": "AES256"}
+    try:
+        await store._call(
+            store._client.copy_object,
+            Bucket=store.bucket,
+            Key=location.pending_key,
+            CopySource={"Bucket": store.bucket, "Key": location.key},
+            ContentType=mimetype,
+            Metadata=pending.metadata(),
+            MetadataDirective="REPLACE",
+            TaggingDirective="REPLACE",
+            Tagging="",
+            ServerSideEncryption="AES256",
+            **source_key,
+        )
+    except BaseException:
+        await asyncio.shield(upload._remove_both(location, key))
+        raise
 
 
 def timed[**P, R](name: str, function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -156,8 +216,11 @@ def timings(app: Quart) -> None:
 def build() -> Quart:
     for name, patch in {
         "no-expect": no_expect,
+        "chunk-256k": chunk_256k,
         "chunk-1m": chunk_1m,
         "parallel-tags": parallel_tags,
+        "no-pending": no_pending,
+        "copy-pending": copy_pending,
     }.items():
         if name in PATCHES:
             patch()

@@ -319,6 +319,7 @@ def _machine_lines(meta: dict[str, Any]) -> list[str]:
             if meta.get("patches")
             else []
         ),
+        *([f"- Cores: {meta['cores']}"] if meta.get("cores") else []),
     ]
 
 

@@ -99,12 +99,15 @@ def _cells(counts: dict[tuple[int, int], int]) -> tuple[Cell, ...]:
 class Proc:
     """A server process we started, its log file, and how to stop it."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log: Path, env: dict[str, str], cpus: set[int] | None
+    ) -> None:
         self.name, self.log = name, log
         with log.open("wb") as out:
             self.popen = subprocess.Popen(
                 argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
+        pin(self.popen.pid, cpus)
 
     @property
     def pid(self) -> int:
@@ -132,6 +135,38 @@ class Proc:
                 self.popen.wait()
 
 
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Keep a process on these CPUs (set before it starts any thread, which inherit it)."""
+    if cpus is not None:
+        os.sched_setaffinity(pid, cpus)
+
+
+@dataclass(frozen=True)
+class Cores:
+    """``--split-cores``: dd-api on CPUs of its own, everything else on the others."""
+
+    api: set[int] | None = None
+    rest: set[int] | None = None
+
+    @classmethod
+    def split(cls) -> Cores:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--split-cores needs at least 2 CPUs")
+        half = len(cpus) // 2
+        return cls(api=set(cpus[half:]), rest=set(cpus[:half]))
+
+    def describe(self) -> str | None:
+        if self.api is None or self.rest is None:
+            return None
+        others = "S3, stand-ins and load generator"
+        return f"dd-api on CPU {_cpus(self.api)}; {others} on CPU {_cpus(self.rest)}"
+
+
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -146,15 +181,18 @@ def base_env() -> dict[str, str]:
 class Servers:
     """Starts and stops everything but the load generator."""
 
-    def __init__(self, work: Path, stack: ExitStack) -> None:
-        self.work, self.stack = work, stack
+    def __init__(self, work: Path, stack: ExitStack, cores: Cores) -> None:
+        self.work, self.stack, self.cores = work, stack, cores
         self.s3 = ""
         self.bucket = "dd-bench"
         self.scanners: dict[float, str] = {}
         self.procs: list[Proc] = []
 
-    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(name, argv, self.work / f"{name}.log", env or base_env())
+    def _start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, *, api: bool = False
+    ) -> Proc:
+        cpus = self.cores.api if api else self.cores.rest
+        proc = Proc(name, argv, self.work / f"{name}.log", env or base_env(), cpus)
         self.stack.callback(proc.stop)
         self.procs.append(proc)
         return proc
@@ -205,7 +243,7 @@ class Servers:
             }
         )
         argv = [str(BIN / "hypercorn"), "-c", "hypercorn.toml", app]
-        proc = self._start(name, [*argv, "--bind", f"127.0.0.1:{port}"], env)
+        proc = self._start(name, [*argv, "--bind", f"127.0.0.1:{port}"], env, api=True)
         url = f"http://127.0.0.1:{port}"
         proc.wait_ready(f"{url}/_status")
         return proc, url
@@ -235,6 +273,7 @@ class LoadGen:
             stderr=log,
             text=True,
         )
+        pin(self.popen.pid, servers.cores.rest)
         stack.callback(self.close)
 
     def ask(self, **cmd: Any) -> dict[str, Any]:
@@ -530,6 +569,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="profile that dd-api server (scan0, scan2 or patched) in every cell with py-spy",
     )
     parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="run dd-api on half the CPUs and everything else on the other half",
+    )
+    parser.add_argument(
         "--patches",
         help="also run a 'patched' variant (scan 0 s) with these bench/experiments.py patches",
     )
@@ -546,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_out(args)
     command = shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
     with workdir(args.keep_logs) as work:
-        options = Options(args.no_burst, args.patches, args.py_spy, out)
+        cores = Cores.split() if args.split_cores else Cores()
+        options = Options(args.no_burst, args.patches, args.py_spy, out, cores)
         result = execute(the_plan, work, command, options)
     json_path, md_path = report.write(result, out, "results")
     print(md_path.read_text())
@@ -565,7 +610,7 @@ def default_out(args: argparse.Namespace) -> Path:
     """Only a complete default run lands in bench/results/ itself (the committed one)."""
     if args.quick:
         return RESULTS / "quick"
-    if args.only or args.no_burst or args.patches:
+    if args.only or args.no_burst or args.patches or args.split_cores:
         return RESULTS / "partial"
     return RESULTS
 
@@ -594,14 +639,16 @@ class Options:
     patches: str | None
     profile: str | None  # variant whose server py-spy samples
     out: Path
+    cores: Cores
 
 
 def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[str, Any]:
     patches = options.patches
     started_at, started, load_before = datetime.now(UTC), time.monotonic(), _load()
     code = git_state()  # what the servers are started from
+    pin(os.getpid(), options.cores.rest)
     with ExitStack() as stack:
-        servers = Servers(work, stack)
+        servers = Servers(work, stack, options.cores)
         s3 = servers.start_s3()
         servers.start_scanner(0.0)
         servers.start_scanner(SLOW_SCAN_S)
@@ -638,6 +685,7 @@ def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[
         "git": code,
         "servers": _servers_note(baseline),
         "patches": patches,
+        "cores": options.cores.describe(),
     }
     result = {"meta": meta, "cells": cells, "burst": burst}
     result["targets"] = report.check_targets(cells, burst)
