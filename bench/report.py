@@ -12,7 +12,7 @@ API_VARIANTS = ("scan0", "scan2", "patched")
 LABELS = {
     "scan0": "dd-api, scan 0 s",
     "scan2": "dd-api, scan 2 s",
-    "patched": "dd-api, scan 0 s, patched",
+    "patched": "dd-api, patched",
     "raw": "raw PutObject (floor)",
     "raw2": "raw 2 x PutObject",
 }
@@ -315,7 +315,10 @@ def _machine_lines(meta: dict[str, Any]) -> list[str]:
         f"- Code: {meta['git']}",
         f"- Servers: {meta['servers']}",
         *(
-            [f"- Patched variant: {meta['patches']} (bench/experiments.py)"]
+            [
+                f"- Patched variant: {meta['patches']} (bench/experiments.py), with the "
+                f"{meta.get('patched_scan_delay_s', 0):g} s stand-in"
+            ]
             if meta.get("patches")
             else []
         ),
@@ -416,6 +419,11 @@ def _notes() -> list[str]:
         "- The verdict time is the av-timestamp tag minus the wall-clock time the 201 arrived."
         " With the 2 s scanner it includes the wait for a scan slot (SCAN_CONCURRENCY scans per"
         " 2 s), so it grows with the number of uploads in a pass.",
+        "- With the 2 s stand-in, the uploads of a short pass (10 KiB and 1 MiB at concurrency"
+        " 1) are over before the first scan answers, so their scans' S3 calls fall after the"
+        " upload phase; with the 0 s stand-in each scan runs beside the next upload.",
+        "- The load generator sends every request, to dd-api and to S3, with aiohttp (aioboto3"
+        " runs on it), so both sides of each comparison pay the same client cost.",
         "- raw 2 x PutObject writes the document and, in parallel, a second copy of the same"
         " bytes, as dd-api's upload does for its pending-scan copy: the floor for that design.",
         "- The machine is shared and noisy: read the [min-max] ranges before reading small"

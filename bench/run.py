@@ -566,7 +566,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--py-spy",
         metavar="VARIANT",
-        help="profile that dd-api server (scan0, scan2 or patched) in every cell with py-spy",
+        help="profile that dd-api server (scan0, scan2 or patched), or the S3 server (s3), "
+        "in every cell with py-spy",
     )
     parser.add_argument(
         "--split-cores",
@@ -575,7 +576,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--patches",
-        help="also run a 'patched' variant (scan 0 s) with these bench/experiments.py patches",
+        help="also run a 'patched' variant with these bench/experiments.py patches",
+    )
+    parser.add_argument(
+        "--patched-scan-delay",
+        type=float,
+        choices=(0.0, SLOW_SCAN_S),
+        default=0.0,
+        help="which stand-in the patched variant scans with (default 0 s)",
     )
     return parser.parse_args(argv)
 
@@ -591,7 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
     with workdir(args.keep_logs) as work:
         cores = Cores.split() if args.split_cores else Cores()
-        options = Options(args.no_burst, args.patches, args.py_spy, out, cores)
+        options = Options(
+            args.no_burst, args.patches, args.py_spy, out, cores, args.patched_scan_delay
+        )
         result = execute(the_plan, work, command, options)
     json_path, md_path = report.write(result, out, "results")
     print(md_path.read_text())
@@ -640,6 +650,7 @@ class Options:
     profile: str | None  # variant whose server py-spy samples
     out: Path
     cores: Cores
+    patched_scan_delay: float = 0.0
 
 
 def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[str, Any]:
@@ -657,7 +668,8 @@ def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[
             Api("scan2", *servers.start_api("dd-api-scan2", SLOW_SCAN_S, CELL_SCAN_CONCURRENCY)),
         ]
         if patches:
-            apis.append(Api("patched", *start_patched(servers, patches)))
+            patched = start_patched(servers, patches, options.patched_scan_delay)
+            apis.append(Api("patched", *patched))
         loadgen = LoadGen(work, stack, servers)
         watch = {api.variant: api.proc.pid for api in apis} | {"s3": s3.pid}
         loadgen.ask(op="init", s3=servers.s3, bucket=servers.bucket, token=TOKEN,
@@ -668,7 +680,7 @@ def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[
         baseline = {api.variant: rss_mb(api.proc.pid) for api in apis}
         cells = []
         for cell in the_plan.cells:
-            with profiled(apis, cell, options):
+            with profiled(apis, s3, cell, options):
                 cells.append(run_cell(loadgen, apis, all_targets, cell, the_plan.passes))
         print(f"cells done after {time.monotonic() - started:.0f} s", flush=True)
         for api in apis:  # free the CPU for the burst
@@ -685,6 +697,7 @@ def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[
         "git": code,
         "servers": _servers_note(baseline),
         "patches": patches,
+        "patched_scan_delay_s": options.patched_scan_delay,
         "cores": options.cores.describe(),
     }
     result = {"meta": meta, "cells": cells, "burst": burst}
@@ -693,27 +706,31 @@ def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[
 
 
 @contextmanager
-def profiled(apis: list[Api], cell: Cell, options: Options) -> Iterator[None]:
+def profiled(apis: list[Api], s3: Proc, cell: Cell, options: Options) -> Iterator[None]:
     """Run py-spy on the chosen server during the cell, then write a summary of it."""
     if options.profile is None:
         yield
         return
-    server = next((api for api in apis if api.variant == options.profile), None)
-    if server is None:
-        raise SystemExit(f"--py-spy {options.profile}: no such dd-api variant in this run")
-    name = f"profile-{server.variant}-{cell.label.replace(' ', '')}"
+    if options.profile == "s3":
+        pid, what = s3.pid, "the S3 server (moto)"
+    else:
+        server = next((api for api in apis if api.variant == options.profile), None)
+        if server is None:
+            raise SystemExit(f"--py-spy {options.profile}: no such server in this run")
+        pid, what = server.proc.pid, f"dd-api ({report.LABELS[server.variant]})"
+    name = f"profile-{options.profile}-{cell.label.replace(' ', '')}"
     options.out.mkdir(parents=True, exist_ok=True)
     stacks = options.out / f"{name}.txt"
-    with profiles.recording(server.proc.pid, stacks):
+    with profiles.recording(pid, stacks):
         yield
-    title = f"py-spy: dd-api ({report.LABELS[server.variant]}) during {cell.label}"
+    title = f"py-spy: {what} during {cell.label}"
     (options.out / f"{name}.md").write_text(profiles.summarize(stacks, title))
 
 
-def start_patched(servers: Servers, patches: str) -> tuple[Proc, str]:
+def start_patched(servers: Servers, patches: str, scan_delay: float) -> tuple[Proc, str]:
     return servers.start_api(
         "dd-api-patched",
-        0.0,
+        scan_delay,
         CELL_SCAN_CONCURRENCY,
         app="bench.experiments:app",
         env={"DD_BENCH_PATCHES": patches},
