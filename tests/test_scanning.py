@@ -6,15 +6,19 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
+from io import BytesIO
+from pathlib import Path
 from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
+from werkzeug.datastructures import FileStorage
 
 from dd_api.app import create_app
-from dd_api.store import Location
+from dd_api.store import Location, StoreError
 from tests.helpers import AUTH, SERVICE_ID, post_form, running, upload
 from tests.helpers import document as document_part
 from tests.support.scanfiles import EICAR
@@ -158,22 +162,84 @@ async def test_concurrency_is_bounded_and_uploads_do_not_wait(make_client, scanf
     assert scanfiles.max_in_flight == 2
 
 
+BIG = b"Canada " * 300_000  # ~2 MiB, over the 512 KiB in-memory threshold
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch) -> Path:
+    """The temp directory: large uploads are spooled there for their scans."""
+    path = tmp_path / "scratch"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
 async def test_large_documents_are_scanned_from_a_temp_file_that_is_removed(
-    make_client, scanfiles, tmp_path, monkeypatch
+    make_client, scanfiles, scratch
 ) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
-    (tmp_path / "scratch").mkdir()
-    content = b"Canada " * 300_000  # ~2 MiB, over the 512 KiB in-memory threshold
     async with make_client() as client:
         scanfiles.hold()
-        body = await upload(client, content, filename="big.txt")
+        body = await upload(client, BIG, filename="big.txt")
         await scanfiles.wait_for_held_async(1)
-        assert list((tmp_path / "scratch").glob("dd-scan-*"))
+        assert len(list(scratch.glob("dd-scan-*"))) == 1
         scanfiles.release()
         await scans_done(client.app)
         tags = await store_of(client.app).get_tags(location_of(body))
-    assert tags["av-checksum"] == hashlib.sha256(content).hexdigest()
-    assert not list((tmp_path / "scratch").glob("dd-scan-*"))
+    assert tags["av-checksum"] == hashlib.sha256(BIG).hexdigest()
+    assert not list(scratch.glob("dd-scan-*"))
+
+
+async def test_a_refused_large_upload_leaves_no_temp_file(make_client, scratch) -> None:
+    async with make_client() as client:
+        response = await post_form(
+            client,
+            f"/services/{SERVICE_ID}/documents",
+            files=document_part(os.urandom(len(BIG))),  # application/octet-stream
+            headers=AUTH,
+        )
+        assert response.status_code == 400
+        assert not list(scratch.glob("dd-scan-*"))
+
+
+async def test_a_large_upload_that_cannot_be_stored_leaves_no_temp_file(
+    make_client, scratch, monkeypatch
+) -> None:
+    async with make_client() as client:
+
+        async def fail(*args, **kwargs):
+            raise StoreError("injected")  # a store that fails on demand does not exist
+
+        monkeypatch.setattr(store_of(client.app), "put", fail)
+        response = await post_form(
+            client,
+            f"/services/{SERVICE_ID}/documents",
+            files=document_part(BIG, filename="big.txt"),
+            headers=AUTH,
+        )
+        assert response.status_code == 503
+        assert not list(scratch.glob("dd-scan-*"))
+
+
+async def test_extra_large_file_parts_are_not_kept(make_client, scanfiles, scratch) -> None:
+    files = {
+        "attachment": FileStorage(BytesIO(BIG), filename="other.txt"),
+        **document_part(BIG[::-1], filename="big.txt"),
+        "another": FileStorage(BytesIO(BIG), filename="more.txt"),
+    }
+    async with make_client() as client:
+        scanfiles.hold()
+        response = await post_form(
+            client, f"/services/{SERVICE_ID}/documents", files=files, headers=AUTH
+        )
+        assert response.status_code == 201
+        await scanfiles.wait_for_held_async(1)
+        assert len(list(scratch.glob("dd-scan-*"))) == 1  # the document's, for its scan
+        scanfiles.release()
+        await scans_done(client.app)
+        body = (await response.get_json())["document"]
+        tags = await store_of(client.app).get_tags(location_of(body))
+    assert tags["av-checksum"] == hashlib.sha256(BIG[::-1]).hexdigest()
+    assert not list(scratch.glob("dd-scan-*"))
 
 
 async def test_shutdown_lets_a_running_scan_finish(make_client, scanfiles) -> None:

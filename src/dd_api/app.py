@@ -23,6 +23,7 @@ from .runtime import Runtime
 from .scanning.client import ScanClient
 from .scanning.recovery import Sweeper
 from .scanning.scanner import Scanner
+from .spooling import SpoolingRequest
 from .store import DocumentStore
 from .store.local import LocalStore
 from .store.s3 import S3Store
@@ -35,6 +36,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
     """Build the app from ``environ`` (default: ``os.environ``); raises ConfigError when invalid."""
     settings = Settings.from_env(environ)
     app = Quart("dd_api", static_folder=None)
+    app.request_class = SpoolingRequest
     _configure(app, settings)
     # trace ids, JSON logging and the proxy-header check, as notification-utils did for Flask
     dd_compat.init_app(app)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..store import DocumentNotFound, DocumentStore, PendingCopy, StoreError
-from .scanner import ScanJob, Scanner, write_verdict
+from .scanner import SCAN_FILE_PREFIX, ScanJob, Scanner, write_verdict
 from .verdict import AV_STATUS_TAG, IN_PROGRESS
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Sweeper:
 
     async def _download(self, copy: PendingCopy) -> Path:
         handle = await asyncio.to_thread(
-            tempfile.NamedTemporaryFile, prefix="dd-scan-", delete=False
+            tempfile.NamedTemporaryFile, prefix=SCAN_FILE_PREFIX, delete=False
         )
         path = Path(handle.name)
         try:

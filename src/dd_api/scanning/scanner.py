@@ -24,6 +24,7 @@ from .client import SCANNER, ScanClient, ScanResult
 log = logging.getLogger(__name__)
 
 TAG_WRITE_ATTEMPTS = 5
+SCAN_FILE_PREFIX = "dd-scan-"  # temp files holding documents waiting for their scan
 
 
 @dataclass
@@ -56,7 +57,7 @@ async def copy_for_scan(stream: BinaryIO, size: int, memory_limit: int) -> bytes
 
 
 def _spool(stream: BinaryIO) -> Path:
-    with tempfile.NamedTemporaryFile(prefix="dd-scan-", delete=False) as out:
+    with tempfile.NamedTemporaryFile(prefix=SCAN_FILE_PREFIX, delete=False) as out:
         shutil.copyfileobj(stream, out, 1024 * 1024)
     return Path(out.name)
 

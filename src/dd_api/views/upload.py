@@ -7,7 +7,7 @@ import io
 import logging
 import secrets
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from uuid import UUID, uuid4
 
 from dd_compat import current_trace_id
@@ -19,6 +19,7 @@ from ..errors import ApiError
 from ..runtime import runtime
 from ..scanning.scanner import ScanJob, copy_for_scan
 from ..scanning.verdict import AV_STATUS_TAG, IN_PROGRESS
+from ..spooling import SpoolingRequest
 from ..store import Location, PendingCopy, StoreError
 from ..urls import direct_file_url, short_url
 from .store_errors import store_errors
@@ -66,9 +67,12 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     document_id = uuid4()
     location = Location(service_id, document_id, sending_method)
     key = secrets.token_bytes(32) if location.needs_key else None
-    # The scan's copy is taken first: a document is stored only if its scan can run.
-    with store_errors(location, "Upload"):
-        source = await copy_for_scan(stream, size, settings.SCAN_MEMORY_THRESHOLD_BYTES)
+    # The scan's source is secured first: a document is stored only if its scan can run.
+    # A large upload's spool file becomes the scan's own; anything else is copied.
+    source: bytes | Path | None = cast(SpoolingRequest, request).take_spool(stream)
+    if source is None:
+        with store_errors(location, "Upload"):
+            source = await copy_for_scan(stream, size, settings.SCAN_MEMORY_THRESHOLD_BYTES)
     job = ScanJob(
         location=location,
         filename=filename or document.filename or "document",
