@@ -181,8 +181,8 @@ def base_env() -> dict[str, str]:
 class Servers:
     """Starts and stops everything but the load generator."""
 
-    def __init__(self, work: Path, stack: ExitStack, cores: Cores) -> None:
-        self.work, self.stack, self.cores = work, stack, cores
+    def __init__(self, work: Path, stack: ExitStack, cores: Cores | None = None) -> None:
+        self.work, self.stack, self.cores = work, stack, cores or Cores()
         self.s3 = ""
         self.bucket = "dd-bench"
         self.scanners: dict[float, str] = {}
