@@ -6,8 +6,8 @@
 
 * ``no-expect``: PutObject without ``Expect: 100-continue`` (botocore adds it to every
   file-like body, and aiohttp then waits for the interim 100 before sending the body).
-* ``chunk-256k``, ``chunk-1m``: stream downloads from S3 in 256 KiB or 1 MiB chunks instead
-  of 64 KiB.
+* ``chunk-256k``, ``chunk-1m``: stream downloads from S3 in 256 KiB or 1 MiB chunks (src used
+  64 KiB until commit 45270ea, 256 KiB since).
 * ``parallel-tags``: on download, ask for the tags and the object at the same time instead of
   one after the other (the verdict is still checked before a byte is served).
 * ``no-pending``: store the document alone, without its pending-scan copy. Not crash-safe
