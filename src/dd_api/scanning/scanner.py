@@ -32,7 +32,7 @@ class ScanJob:
     location: Location
     filename: str
     mimetype: str
-    source: bytes | Path  # the job's own copy: the request's file is closed before it runs
+    source: bytes | Path  # the job's own: the request closes its files before the scan runs
     request_id: str
 
     @property
