@@ -8,8 +8,6 @@
   file-like body, and aiohttp then waits for the interim 100 before sending the body).
 * ``chunk-256k``, ``chunk-1m``: stream downloads from S3 in 256 KiB or 1 MiB chunks (src used
   64 KiB until commit 45270ea, 256 KiB since).
-* ``parallel-tags``: on download, ask for the tags and the object at the same time instead of
-  one after the other (the verdict is still checked before a byte is served).
 * ``no-pending``: store the document alone, without its pending-scan copy. Not crash-safe
   (issue 6): it measures what any design that writes the document once can reach at best.
 * ``copy-pending``: send the bytes once: PutObject the document, then have S3 copy it into
@@ -33,13 +31,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from botocore.handlers import add_expect_header
-from quart import Quart, Response, request
+from quart import Quart, request
 
 from dd_api.app import create_app
-from dd_api.scanning.verdict import classify
 from dd_api.store import s3 as s3_store
-from dd_api.views import download, upload
-from dd_api.views.store_errors import store_errors
+from dd_api.views import upload
 
 if TYPE_CHECKING:
     from dd_api.scanning.scanner import ScanJob
@@ -67,59 +63,17 @@ def chunk_1m() -> None:
     s3_store.CHUNK_SIZE = 1024 * 1024
 
 
-def parallel_tags() -> None:
-    download._serve = _serve_with_tags_beside
-
-
-async def _serve_with_tags_beside(location: Any, key: bytes | None) -> Response:
-    """download._serve, but GetObject starts beside GetObjectTagging, not after it."""
-    store = download.runtime().store
-    opening = asyncio.ensure_future(store.get(location, key))
-    try:
-        with store_errors(location, "Download"):
-            verdict = classify(await store.get_tags(location))
-        download._check_verdict(location, verdict)
-        with store_errors(location, "Download"):
-            document = await opening
-    except BaseException:
-        await _discard(opening)
-        raise
-    if request.method == "HEAD":
-        await document.aclose()
-        response = Response(b"", mimetype=document.mimetype)
-    else:
-        response = Response(document, mimetype=document.mimetype)
-    response.timeout = None
-    response.headers["Content-Length"] = str(document.size)
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Robots-Tag"] = "noindex, nofollow"
-    filename = request.args.get("filename")
-    if filename:
-        names = download._download_names(filename)
-        response.headers.set("Content-Disposition", "attachment", **names)
-    return response
-
-
-async def _discard(opening: asyncio.Future[Any]) -> None:
-    if not opening.done():
-        opening.cancel()
-    try:
-        document = await opening
-    except BaseException:  # cancelled, or failed: nothing to release
-        return
-    await document.aclose()
-
-
 def no_pending() -> None:
-    async def store_alone(
-        location: Any, stream: BinaryIO, size: int, mimetype: str, key: bytes | None, job: ScanJob
-    ) -> None:
-        store = upload.runtime().store
-        await store.put(
-            location, stream, size=size, mimetype=mimetype, key=key, tags=upload.IN_PROGRESS_TAGS
-        )
+    upload._store_with_pending_copy = _store_alone
 
-    upload._store_with_pending_copy = store_alone
+
+async def _store_alone(
+    location: Any, stream: BinaryIO, size: int, mimetype: str, key: bytes | None, job: ScanJob
+) -> None:
+    store = upload.runtime().store
+    await store.put(
+        location, stream, size=size, mimetype=mimetype, key=key, tags=upload.IN_PROGRESS_TAGS
+    )
 
 
 def copy_pending() -> None:
@@ -130,10 +84,8 @@ async def _store_then_copy(
     location: Any, stream: BinaryIO, size: int, mimetype: str, key: bytes | None, job: ScanJob
 ) -> None:
     """The document first, then S3 copies it to the pending-scan copy: both, or neither."""
+    await _store_alone(location, stream, size, mimetype, key, job)
     store: Any = upload.runtime().store
-    await store.put(
-        location, stream, size=size, mimetype=mimetype, key=key, tags=upload.IN_PROGRESS_TAGS
-    )
     pending = upload.PendingCopy(location, job.filename, mimetype, job.request_id)
     source_key = {}
     if key is not None:
@@ -218,7 +170,6 @@ def build() -> Quart:
         "no-expect": no_expect,
         "chunk-256k": chunk_256k,
         "chunk-1m": chunk_1m,
-        "parallel-tags": parallel_tags,
         "no-pending": no_pending,
         "copy-pending": copy_pending,
     }.items():
