@@ -65,6 +65,11 @@ class Settings:
     DOCUMENT_STORE: str = "local"
     LOCAL_STORE_PATH: Path = field(default_factory=lambda: Path("./var/documents"))
     S3_MAX_POOL_CONNECTIONS: int = 50
+    S3_CONNECT_TIMEOUT_SECONDS: float = 3.0
+    S3_READ_TIMEOUT_SECONDS: float = 10.0
+    DOWNLOAD_CONCURRENCY: int = 32
+    DOWNLOAD_STALL_SECONDS: float = 30.0
+    TRUSTED_PROXY_HOPS: int = 0
     SCAN_CONCURRENCY: int = 4
     SCAN_DEADLINE_SECONDS: float = 300.0
     SCAN_ATTEMPT_TIMEOUT_SECONDS: float = 60.0
@@ -104,7 +109,7 @@ class Settings:
 def _parse(env: Mapping[str, str]) -> Settings:
     environment = _choice(env, "NOTIFY_ENVIRONMENT", ENVIRONMENTS, "development")
     in_dev = environment in ("development", "test")
-    tokens = _auth_tokens(env, production=not in_dev and environment != "scratch")
+    tokens = _auth_tokens(env, production=not in_dev)
     deadline = _float(env, "SCAN_DEADLINE_SECONDS", 300.0)
     attempt_timeout = _float(env, "SCAN_ATTEMPT_TIMEOUT_SECONDS", 60.0)
     # A lease must outlast the longest scan, or a second instance could start it again.
@@ -133,6 +138,11 @@ def _parse(env: Mapping[str, str]) -> Settings:
         DOCUMENT_STORE=_choice(env, "DOCUMENT_STORE", ("local", "s3"), "local"),
         LOCAL_STORE_PATH=Path(_nonempty(env, "LOCAL_STORE_PATH", "./var/documents")),
         S3_MAX_POOL_CONNECTIONS=_int(env, "S3_MAX_POOL_CONNECTIONS", 50, minimum=1),
+        S3_CONNECT_TIMEOUT_SECONDS=_float(env, "S3_CONNECT_TIMEOUT_SECONDS", 3.0),
+        S3_READ_TIMEOUT_SECONDS=_float(env, "S3_READ_TIMEOUT_SECONDS", 10.0),
+        DOWNLOAD_CONCURRENCY=_int(env, "DOWNLOAD_CONCURRENCY", 32, minimum=1),
+        DOWNLOAD_STALL_SECONDS=_float(env, "DOWNLOAD_STALL_SECONDS", 30.0),
+        TRUSTED_PROXY_HOPS=_int(env, "TRUSTED_PROXY_HOPS", 0, minimum=0),
         SCAN_CONCURRENCY=_int(env, "SCAN_CONCURRENCY", Settings.SCAN_CONCURRENCY, minimum=1),
         SCAN_DEADLINE_SECONDS=deadline,
         SCAN_ATTEMPT_TIMEOUT_SECONDS=attempt_timeout,
