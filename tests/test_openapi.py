@@ -361,6 +361,8 @@ async def test_every_documented_response_is_produced(base_env, store_env, scanfi
                 "Content-Length": str(LIMIT + 15),
             },
         )
+        chunked = {**AUTH, "Transfer-Encoding": "chunked"}  # the test client sends no length
+        await cov.call(411, "post", VERDICT, verdict, data=b"sending_method=link", headers=chunked)
         location = Location(uuid.UUID(service), uuid.UUID(doc["id"]), None)
         await store.put_tags(location, {"av-status": "UNSUPPORTED"})
         await cov.call(422, "post", VERDICT, verdict, headers=AUTH)
@@ -405,6 +407,7 @@ async def test_every_documented_response_is_produced(base_env, store_env, scanfi
             data=b'{"key": "' + b"A" * LIMIT + b'"}',
             headers={**AUTH, "Content-Type": "application/json", "Content-Length": str(LIMIT + 11)},
         )
+        await cov.call(411, "delete", DOC, target, data=b'{"key": "k"}', headers=chunked)
         await cov.call(200, "delete", DOC, target, json={"key": key}, headers=AUTH)
         await cov.call(404, "get", DOC, local_path(doc["direct_file_url"]))
 

@@ -187,7 +187,7 @@ async def test_missing_document_part(client) -> None:
     assert await response.get_json() == {"error": "No document upload"}
 
 
-@pytest.mark.parametrize("header", [None, "Basic dXNlcjpwYXNz", "bearer test-token", "Bearer"])
+@pytest.mark.parametrize("header", [None, "Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "test-token"])
 async def test_upload_without_a_bearer_token_is_401(client, header) -> None:
     headers = {"Authorization": header} if header else {}
     response = await post_form(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging as std_logging  # dd_compat.logging would shadow the name
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import flask
@@ -75,11 +76,18 @@ CONFIG_DEFAULTS: dict[str, object] = {
 }
 
 
-def init_app(app: quart.Quart, use_notifications_utils: bool | None = None) -> None:
+def init_app(
+    app: quart.Quart,
+    use_notifications_utils: bool | None = None,
+    *,
+    proxy_check_exempt: Callable[[], bool] | None = None,
+) -> None:
     """Set up dd_compat for ``app``.
 
     ``use_notifications_utils``: ``None`` picks notifications_utils mode when the package can be
     imported; ``True`` requires it (ImportError otherwise); ``False`` forces the built-ins.
+    ``proxy_check_exempt``: called in each request; true lets it through without the proxy
+    header (health checks from a load balancer, which cannot send one).
     """
     for key, value in CONFIG_DEFAULTS.items():
         app.config.setdefault(key, value)
@@ -107,6 +115,7 @@ def init_app(app: quart.Quart, use_notifications_utils: bool | None = None) -> N
         )
     else:
         state = CompatState(mode=BUILTIN, shadow=shadow, base64=base64_ids)
+    state.proxy_check_exempt = proxy_check_exempt
     app.extensions[EXTENSION_KEY] = state
 
     debug = as_bool(app.config.get("DEBUG", False))

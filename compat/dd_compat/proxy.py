@@ -66,6 +66,8 @@ async def check_proxy_header(state: CompatState) -> Response | None:
     config: Any = current_app.config
     if not as_bool(config.get("CHECK_PROXY_HEADER", False)):
         return None
+    if state.proxy_check_exempt is not None and state.proxy_check_exempt():
+        return None
     if state.request_helper is not None:
         try:
             await call_flask_bound(state.request_helper.check_proxy_header_before_request)

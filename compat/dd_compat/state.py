@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -32,6 +33,8 @@ class CompatState:
     #: Why ``notifications_utils.logging`` is not used, if it is not.
     nu_logging_error: str | None = None
     log_handler: logging.Handler | None = None
+    #: Requests the proxy-header check lets through (load balancer health checks).
+    proxy_check_exempt: Callable[[], bool] | None = None
 
 
 def get_state(app: Any) -> CompatState:

@@ -17,10 +17,11 @@ def require_bearer[**P, R](view: Callable[P, Awaitable[R]]) -> Callable[P, Await
 
     @wraps(view)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
+        # the scheme is case-insensitive (RFC 9110 11.1); the token is not
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "Unauthorized; bearer token must be provided")
-        if not _known(header[len("Bearer ") :], current_app.config["AUTH_TOKENS"]):
+        if not _known(token, current_app.config["AUTH_TOKENS"]):
             # The presented token is never echoed (the original put it in the 403 page).
             raise ApiError(403, "Forbidden; invalid bearer token provided")
         return await view(*args, **kwargs)

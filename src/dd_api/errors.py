@@ -37,11 +37,15 @@ def register(app: Quart) -> None:
 
 
 async def _close_unread_bodies(response: Response) -> Response:
-    # An error may be answered before the request body was read (auth, 411, 413): the
-    # server then has to drop the connection, so say so rather than let a keep-alive
-    # client send its next request into a closed socket.
-    has_body = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "")
-    if response.status_code >= 400 and has_body:
+    # An error may be answered before the request body arrived (auth, 411, 413): the server
+    # then has to drop the connection, so say so rather than let a keep-alive client send
+    # its next request into a closed socket. A body that did arrive keeps the connection.
+    headers = request.headers
+    has_body = request.content_length or "Transfer-Encoding" in headers
+    unread = has_body and not getattr(request, "body_received", False)
+    # Both framings at once is how requests are smuggled (RFC 9112 6.1): never reuse it.
+    ambiguous = "Transfer-Encoding" in headers and "Content-Length" in headers
+    if (response.status_code >= 400 and unread) or ambiguous:
         response.headers["Connection"] = "close"
     return response
 
