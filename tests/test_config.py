@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dd_api.config import ConfigError, Settings
+from dd_api.queue import new_queue_key, parse_queue_key
 
 
 def test_defaults_match_the_original() -> None:
@@ -30,6 +31,9 @@ def test_extra_mime_types_are_parsed_into_pairs() -> None:
     assert settings.EXTRA_MIME_TYPES == {(sid, "application/json"), (sid, "image/gif")}
 
 
+KEY = new_queue_key()
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
@@ -48,11 +52,46 @@ def test_extra_mime_types_are_parsed_into_pairs() -> None:
         ({"DOCUMENTS_BUCKET": "b"}, "DOCUMENTS_BUCKET"),
         ({"NOTIFY_ENVIRONMENT": "production"}, "AUTH_TOKENS"),
         ({"NOTIFY_ENVIRONMENT": "production", "AUTH_TOKENS": "auth-token"}, "AUTH_TOKENS"),
+        # only development and test accept the public development token
+        ({"NOTIFY_ENVIRONMENT": "scratch"}, "AUTH_TOKENS"),
+        ({"NOTIFY_ENVIRONMENT": "scratch", "AUTH_TOKENS": "auth-token"}, "AUTH_TOKENS"),
+        ({"TRUSTED_PROXY_HOPS": "-1"}, "TRUSTED_PROXY_HOPS"),
+        # the S3 store in production coordinates its instances through SQS
+        (
+            {"NOTIFY_ENVIRONMENT": "production", "AUTH_TOKENS": "t", "DOCUMENT_STORE": "s3"},
+            "SCAN_QUEUE_URL",
+        ),
+        ({"SCAN_QUEUE_URL": "https://sqs.example/1/q"}, "SCAN_QUEUE_KEY"),
+        ({"SCAN_QUEUE_KEY": "c2hvcnQ="}, "SCAN_QUEUE_KEY"),
+        ({"SCAN_QUEUE_KEY": KEY, "SCAN_QUEUE_PREVIOUS_KEY": "nope"}, "SCAN_QUEUE_PREVIOUS_KEY"),
+        ({"SCAN_QUEUE_DELAY_SECONDS": "901"}, "SCAN_QUEUE_DELAY_SECONDS"),
+        ({"SCAN_BACKLOG_MEMORY_BYTES": "-1"}, "SCAN_BACKLOG_MEMORY_BYTES"),
+        ({"DOWNLOAD_CONCURRENCY": "0"}, "DOWNLOAD_CONCURRENCY"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_variable(env, variable) -> None:
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env(env)
+
+
+def test_settings_of_the_retired_scan_design_still_start() -> None:
+    old = {"SCAN_LEASE_SECONDS": "1", "PENDING_SCAN_GRACE_SECONDS": "junk"}
+    settings = Settings.from_env({**old, "SCAN_DEADLINE_SECONDS": "900"})
+    # the fast path always ends before its message comes back
+    assert settings.fast_scan_window < settings.SCAN_QUEUE_DELAY_SECONDS
+
+
+def test_queue_keys_current_then_previous() -> None:
+    previous = new_queue_key()
+    settings = Settings.from_env(
+        {
+            "SCAN_QUEUE_URL": "https://sqs.example/1/q",
+            "SCAN_QUEUE_KEY": KEY,
+            "SCAN_QUEUE_PREVIOUS_KEY": previous,
+        }
+    )
+    assert settings.SCAN_QUEUE_KEYS == (parse_queue_key(KEY), parse_queue_key(previous))
+    assert settings.masked()["SCAN_QUEUE_KEYS"] == "***"
 
 
 def test_production_is_not_in_debug() -> None:

@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, settings
 from werkzeug.http import parse_options_header
 
 from dd_api.app import create_app
+from dd_api.views.limits import SMALL_BODY
 from tests.helpers import (
     AUTH,
     SERVICE_ID,
@@ -73,11 +74,11 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def files(self) -> set[str]:
-        """Every document and pending copy in the store (not its key file, not temp files)."""
+        """Every document in the store (not its key files, temp files or scan queue)."""
         return {
             str(path.relative_to(self.store))
             for path in self.store.rglob("*")
-            if path.is_file() and path.name != ".store-key" and not path.name.startswith(".tmp-")
+            if path.is_file() and path.suffix in (".data", ".json")
         }
 
 
@@ -432,7 +433,6 @@ def test_a_header_block_over_64_kib_is_a_431(server, unchanged) -> None:
     "authorization",
     [
         "Bearer " + "x" * 50_000,
-        "bearer " + TOKEN,
         "Bearer",
         "Bearer  " + TOKEN,
         "Basic " + base64.b64encode(f"user:{TOKEN}".encode()).decode(),
@@ -557,7 +557,7 @@ def test_a_wrong_key_opens_and_deletes_nothing(http, unchanged, doc, case: str) 
     assert http.head(doc["short"], params={"key": key}).status_code == 404
     assert_json_error(http.delete(doc["direct"], params={"key": key}, headers=AUTH), 400)
     as_json = http.request("DELETE", doc["direct"], json={"key": key}, headers=AUTH)
-    assert_json_error(as_json, 400)
+    assert_json_error(as_json, 413 if len(key) > SMALL_BODY else 400)
     assert http.get(doc["direct"], params={"key": doc["key"]}).content == PDF
 
 
@@ -602,8 +602,8 @@ def test_a_bad_json_delete_body_is_a_400(http, unchanged, doc, body: bytes, mess
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"key": "\xff\xfe"}', b"[" * 100_000 + b"]" * 100_000],
-    ids=["not UTF-8", "nested 100,000 deep"],
+    [b'{"key": "\xff\xfe"}', b"[" * 4000 + b"]" * 4000],
+    ids=["not UTF-8", "nested 4,000 deep"],
 )
 def test_an_undecodable_json_delete_body_is_a_400(server, body: bytes) -> None:
     path = f"/services/{SERVICE_ID}/documents/{ZERO}"

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from dd_api.app import create_app
+from dd_api.queue import new_queue_key
 from tests.helpers import AWS_ENV, free_port, running, upload
 
 PDF = b"%PDF-1.4 metrics"
@@ -47,16 +48,46 @@ async def test_metrics_count_requests_bytes_and_scans(client, scanfiles) -> None
     assert value(samples, "dd_scans_in_flight") == 0
 
 
-async def test_metrics_show_the_scan_queue(base_env, store_env, scanfiles) -> None:
+async def test_metrics_show_scans_bytes_held_and_the_queue(base_env, store_env, scanfiles) -> None:
+    env = {**base_env, **store_env, "SCAN_CONCURRENCY": "1", "SCAN_QUEUE_DEPTH_POLL_SECONDS": "0.1"}
     scanfiles.hold()
-    async with running(create_app({**base_env, **store_env, "SCAN_CONCURRENCY": "1"})) as client:
+    async with running(create_app(env)) as client:
+        first = f"Canada {0}".encode()
         for n in range(3):
             await upload(client, f"Canada {n}".encode())
         await scanfiles.wait_for_held_async(1)
-        samples = await scrape(client)
+        # one fast-path scan holds its bytes and the only slot; two messages wait, visible
+        samples = await until_sample(client, "dd_scan_queue_messages", 2, state="visible")
+        assert value(samples, "dd_scan_queue_messages", state="delayed") == 1
         assert value(samples, "dd_scans_in_flight") == 1
-        assert value(samples, "dd_scan_queue_depth") == 2
+        assert value(samples, "dd_scan_slots_busy") == 1
+        assert value(samples, "dd_scan_bytes_held", where="memory") == len(first)
+        assert value(samples, "dd_scan_bytes_held", where="disk") == 0
         scanfiles.release()
+        samples = await until_sample(client, "dd_scans_total", 2, path="queue")
+        assert value(samples, "dd_scans_total", path="fast") == 1
+        assert value(samples, "dd_scan_bytes_held", where="memory") == 0
+
+
+async def test_a_large_upload_holds_disk_not_memory(base_env, store_env, scanfiles) -> None:
+    scanfiles.hold()
+    async with running(create_app({**base_env, **store_env})) as client:
+        big = b"%PDF-1.4 " + b"x" * 600_000
+        await upload(client, big)
+        await scanfiles.wait_for_held_async(1)
+        samples = await scrape(client)
+        assert value(samples, "dd_scan_bytes_held", where="disk") == len(big)
+        assert value(samples, "dd_scan_bytes_held", where="memory") == 0
+        scanfiles.release()
+
+
+async def until_sample(client, name: str, wanted: float, **labels: str):
+    for _ in range(300):
+        samples = await scrape(client)
+        if value(samples, name, **labels) == wanted:
+            return samples
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name}{labels} never reached {wanted}: {value(samples, name, **labels)}")
 
 
 async def test_metrics_name_routes_never_ids_or_keys(client) -> None:
@@ -74,7 +105,7 @@ async def test_deep_status_reports_each_dependency(client) -> None:
     assert response.status_code == 200
     assert await response.get_json() == {
         "status": "ok",
-        "checks": {"store": "ok", "scan_files": "ok"},
+        "checks": {"store": "ok", "scan_queue": "ok", "scan_files": "ok"},
     }
 
 
@@ -85,7 +116,7 @@ async def test_deep_status_fails_alone_when_scan_files_is_down(base_env, store_e
         assert deep.status_code == 503
         assert await deep.get_json() == {
             "status": "unavailable",
-            "checks": {"store": "ok", "scan_files": "unavailable"},
+            "checks": {"store": "ok", "scan_queue": "ok", "scan_files": "unavailable"},
         }
         shallow = await client.get("/_status")
         assert shallow.status_code == 200  # load balancers keep sending traffic
@@ -98,4 +129,27 @@ async def test_deep_status_reports_an_unreachable_store(base_env, monkeypatch) -
     async with running(create_app({**base_env, "DOCUMENT_STORE": "s3"})) as client:
         deep = await client.get("/_status?deep=1")
         assert deep.status_code == 503
-        assert (await deep.get_json())["checks"] == {"store": "unavailable", "scan_files": "ok"}
+        assert (await deep.get_json())["checks"] == {
+            "store": "unavailable",
+            "scan_queue": "ok",
+            "scan_files": "ok",
+        }
+
+
+async def test_deep_status_reports_an_unreachable_queue(base_env, monkeypatch, tmp_path) -> None:
+    for name, setting in AWS_ENV.items():
+        monkeypatch.setenv(name, setting)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", f"http://127.0.0.1:{free_port()}")
+    env = {
+        **base_env,
+        "SCAN_QUEUE_URL": f"http://127.0.0.1:{free_port()}/123456789012/scans",
+        "SCAN_QUEUE_KEY": new_queue_key(),
+    }
+    async with running(create_app(env)) as client:
+        deep = await client.get("/_status?deep=1")
+        assert deep.status_code == 503
+        assert (await deep.get_json())["checks"] == {
+            "store": "ok",
+            "scan_queue": "unavailable",
+            "scan_files": "ok",
+        }

@@ -1,40 +1,43 @@
-"""No scan lost: pending copies, leases and the sweeper, with real processes and signals."""
+"""No scan lost: the scan queue, with real server processes, S3 and SQS (moto), and signals."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
+import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 
 from dd_api.app import create_app
-from dd_api.store import Location, PendingCopy, StoreError
-from tests.helpers import AUTH, SERVICE_ID, post_form, running, s3_client
+from dd_api.queue import MessageCodec, QueueError, ScanMessage, new_queue_key, parse_queue_key
+from dd_api.store import Location, StoreError
+from tests.helpers import AUTH, AWS_ENV, SERVICE_ID, post_form, running, s3_client
 from tests.helpers import document as document_part
 
-RECOVERY = {
-    "AUTH_TOKENS": "test-token",
-    "PENDING_SCAN_GRACE_SECONDS": "1",
-    "PENDING_SCAN_SWEEP_INTERVAL_SECONDS": "0.3",
-    "SCAN_DEADLINE_SECONDS": "2",
-    "SCAN_ATTEMPT_TIMEOUT_SECONDS": "1",
-    "SCAN_LEASE_SECONDS": "3",
-    "BACKGROUND_TASK_SHUTDOWN_TIMEOUT": "1",
-}
+UPLOAD = f"/services/{SERVICE_ID}/documents"
+SMALL = 50_000  # kept in memory for a fast-path scan
+LARGE = 700_000  # over SCAN_MEMORY_THRESHOLD_BYTES: spooled to a file
 
 
-def upload(url: str, content: bytes) -> dict:
+def content(n: int, size: int = SMALL, tag: str = "") -> bytes:
+    line = f"Canada {tag} {n} {uuid.uuid4()}\n".encode()
+    return (line * (size // len(line) + 1))[:size]
+
+
+def upload(url: str, data: bytes) -> dict:
     response = httpx.post(
         f"{url}/services/{SERVICE_ID}/documents",
-        files={"document": ("document", content)},
+        files={"document": ("document", data)},
         data={"filename": "note.txt"},
         headers=AUTH,
+        timeout=30,
     )
     assert response.status_code == 201, response.text
     return response.json()["document"]
@@ -54,289 +57,290 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-class Bucket:
-    def __init__(self, endpoint: str, name: str) -> None:
-        self.client, self.name = s3_client(endpoint), name
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Shared:
+    """One bucket and one queue on the moto server, as several instances share them."""
+
+    def __init__(self, endpoint: str, env: dict[str, str]) -> None:
+        sqs = boto3.client("sqs", endpoint_url=endpoint, **_credentials())
+        url = sqs.create_queue(QueueName=f"dd-scans-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+        self.sqs, self.queue_url = sqs, url
+        self.s3, self.bucket = s3_client(endpoint), env["DOCUMENTS_BUCKET"]
+        self.env = {
+            **env,
+            "AUTH_TOKENS": "test-token",
+            "AWS_ENDPOINT_URL_SQS": endpoint,
+            "SCAN_QUEUE_URL": url,
+            "SCAN_QUEUE_KEY": new_queue_key(),
+        }
 
     def status(self, body: dict) -> str | None:
         key = f"api_link/{SERVICE_ID}/{body['id']}"
-        tags = self.client.get_object_tagging(Bucket=self.name, Key=key)["TagSet"]
+        tags = self.s3.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
         return {tag["Key"]: tag["Value"] for tag in tags}.get("av-status")
-
-    def leftovers(self) -> list[str]:
-        keys = []
-        for prefix in ("pending-scan/", "pending-scan-leases/"):
-            listing = self.client.list_objects_v2(Bucket=self.name, Prefix=prefix)
-            keys += [item["Key"] for item in listing.get("Contents", [])]
-        return keys
 
     def all_clean(self, bodies: list[dict]) -> bool:
         return all(self.status(body) == "clean" for body in bodies)
 
+    def queue_empty(self) -> bool:
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])
+        counts = attributes["Attributes"]
+        return all(
+            counts[name] == "0"
+            for name in (
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            )
+        )
+
+
+def _credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": AWS_ENV["AWS_DEFAULT_REGION"],
+    }
+
 
 @pytest.fixture
-def shared_bucket(s3_env, moto_endpoint) -> tuple[dict[str, str], Bucket]:
-    env = s3_env(moto_endpoint)
-    return env, Bucket(moto_endpoint, env["DOCUMENTS_BUCKET"])
+def shared(s3_env, moto_endpoint) -> Shared:
+    return Shared(moto_endpoint, s3_env(moto_endpoint))
 
 
-def test_kill_9_mid_scan_then_a_new_process_finishes_every_scan(
-    serve, scanfiles, shared_bucket
+def test_kill_9_with_default_settings_every_verdict_arrives_within_90_s(
+    serve, scanfiles, shared, tmp_path
 ) -> None:
-    env, bucket = shared_bucket
-    env = {**RECOVERY, **env, "SCAN_CONCURRENCY": "2"}
+    # Default delay, visibility and windows. The instance keeps small documents for a
+    # fast-path scan and leaves large ones to the queue (no disk budget), which its own
+    # consumer then receives: both kinds are mid-scan when it dies.
     scanfiles.hold()
-    first = serve(env)
-    bodies = [upload(first.url, f"Canada {n}".encode()) for n in range(4)]
-    scanfiles.wait_for_held(2)  # two scanning, two queued
+    first = serve({**shared.env, "SCAN_BACKLOG_DISK_BYTES": "0"})
+    fast = [content(n, SMALL, "fast") for n in range(2)]
+    queued = [content(n, LARGE, "queued") for n in range(2)]
+    bodies = [upload(first.url, data) for data in fast + queued]
+    scanfiles.wait_for_held(4)
     first.process.kill()  # SIGKILL: no shutdown, no cleanup
     first.process.wait()
+    killed = time.monotonic()
     scanfiles.release()
-    assert not bucket.all_clean(bodies)
+    assert not any(shared.status(body) == "clean" for body in bodies)
 
-    serve(env)
-    wait_until(lambda: bucket.all_clean(bodies))
-    wait_until(lambda: not bucket.leftovers())
+    serve(shared.env)
+    wait_until(lambda: shared.all_clean(bodies), timeout=90 - (time.monotonic() - killed))
+    for data in fast + queued:
+        # the survivor scanned each one (the dead instance's held requests are not counted
+        # by the stand-in once their client is gone, or count once more: at least one)
+        assert scanfiles.scans_by_checksum[sha(data)] >= 1
 
 
-def test_two_instances_share_one_bucket_and_scan_each_document_once(
-    serve, scanfiles, shared_bucket
+def test_two_instances_with_a_backlog_scan_every_document_exactly_once(
+    serve, scanfiles, shared
 ) -> None:
-    env, bucket = shared_bucket
-    base = {**RECOVERY, **env}
-    # A's lease outlasts the held scan; B sweeps every 0.3 s with a 1 s grace period
-    a = serve(
-        {
-            **base,
-            "SCAN_DEADLINE_SECONDS": "20",
-            "SCAN_ATTEMPT_TIMEOUT_SECONDS": "20",
-            "SCAN_LEASE_SECONDS": "60",
-        }
-    )
-    b = serve(base)
+    env = {
+        **shared.env,
+        "SCAN_CONCURRENCY": "2",
+        "SCAN_DEADLINE_SECONDS": "20",
+        "SCAN_QUEUE_DELAY_SECONDS": "4",  # the fast path's window is 2 s
+    }
+    a, b = serve(env), serve(env)
     scanfiles.hold()
-    body = upload(a.url, b"Canada, shared")
-    scanfiles.wait_for_held(1)
-
-    short = body["url"].replace("http://localhost:7000", b.url)
-    assert httpx.get(short).content == b"Canada, shared"  # uploaded on A, served by B
-    assert verdict(b.url, body) == 428
-    time.sleep(2.5)  # several of B's sweeps see the copy; A's lease keeps them off it
-    assert len(scanfiles.requests) == 1
+    documents = [content(n, SMALL if n % 3 else LARGE, "shared") for n in range(12)]
+    bodies = [upload((a, b)[n % 2].url, data) for n, data in enumerate(documents)]
+    scanfiles.wait_for_held(4)  # two slots on each: the rest wait in the queue
+    assert scanfiles.held_count == 4
     scanfiles.release()
-    wait_until(lambda: verdict(b.url, body) == 200)
-    assert scanfiles.scans_by_checksum[hashlib.sha256(b"Canada, shared").hexdigest()] == 1
-
-    # A second uploader dies mid-scan: B's sweeper finishes the scan after the lease expires.
-    c = serve(base)
-    scanfiles.hold()
-    orphan = upload(c.url, b"Canada, orphaned")
-    scanfiles.wait_for_held(1)
-    c.process.kill()
-    c.process.wait()
-    scanfiles.release()
-    wait_until(lambda: verdict(b.url, orphan) == 200)
-    wait_until(lambda: not bucket.leftovers())
+    wait_until(lambda: shared.all_clean(bodies))
+    # every delayed message of a fast-path scan has come and gone, unscanned
+    wait_until(shared.queue_empty)
+    assert {sha(data): scanfiles.scans_by_checksum[sha(data)] for data in documents} == {
+        sha(data): 1 for data in documents
+    }
+    assert len(scanfiles.requests) == len(documents)
+    uploaded_on_a = bodies[0]
+    short = uploaded_on_a["url"].replace("http://localhost:7000", b.url)
+    assert httpx.get(short).content == documents[0]  # uploaded on A, served by B
 
 
-def test_sigterm_with_queued_scans_leaves_them_to_the_sweeper(
-    serve, scanfiles, shared_bucket
+def test_scan_files_down_longer_than_the_deadline_then_back_every_document_clean(
+    serve, scanfiles, shared
 ) -> None:
-    env, bucket = shared_bucket
-    env = {**RECOVERY, **env, "SCAN_CONCURRENCY": "1"}
+    env = {
+        **shared.env,
+        "SCAN_DEADLINE_SECONDS": "1",
+        "SCAN_QUEUE_DELAY_SECONDS": "2",
+        "SCAN_RETRY_MAX_SECONDS": "2",
+        "SCAN_ATTEMPT_TIMEOUT_SECONDS": "2",
+    }
+    scanfiles.always_fail(502)
+    server = serve(env)
+    documents = [content(n, SMALL if n % 2 else LARGE, "outage") for n in range(6)]
+    bodies = [upload(server.url, data) for data in documents]
+    # fast-path windows over, queued scans failing and coming back: still no verdict
+    wait_until(lambda: server.output().count("Queued scan failed") >= 6)
+    assert all(verdict(server.url, body) == 428 for body in bodies)
+    scanfiles.stop_failing()
+    wait_until(lambda: shared.all_clean(bodies))
+    assert all(scanfiles.scans_by_checksum[sha(data)] == 1 for data in documents)
+
+
+def test_sigterm_with_scans_in_flight_leaves_them_to_the_queue(serve, scanfiles, shared) -> None:
+    env = {
+        **shared.env,
+        "SCAN_CONCURRENCY": "1",
+        "SCAN_QUEUE_DELAY_SECONDS": "4",
+        "SCAN_QUEUE_VISIBILITY_SECONDS": "3",
+        "BACKGROUND_TASK_SHUTDOWN_TIMEOUT": "1",
+    }
     scanfiles.hold()
     first = serve(env)
-    bodies = [upload(first.url, f"Canada {n}, queued".encode()) for n in range(3)]
+    bodies = [upload(first.url, content(n, tag="sigterm")) for n in range(3)]
     scanfiles.wait_for_held(1)
     first.process.terminate()
     assert first.process.wait(20) == 0
-    assert first.output().count("left in_progress") == 3
+    assert "Fast-path scan without a verdict (shutting down)" in first.output()
     scanfiles.release()
 
     serve(env)
-    wait_until(lambda: bucket.all_clean(bodies))
-    wait_until(lambda: not bucket.leftovers())
+    wait_until(lambda: shared.all_clean(bodies))
 
 
-# -- failed writes at upload --------------------------------------------------------------
+def test_the_embedded_queue_survives_a_restart_with_documents_in_it(serve, scanfiles) -> None:
+    env = {
+        "NOTIFY_ENVIRONMENT": "development",
+        "AUTH_TOKENS": "test-token",
+        "SCAN_DEADLINE_SECONDS": "1",
+        "SCAN_QUEUE_DELAY_SECONDS": "2",
+        "SCAN_RETRY_MAX_SECONDS": "1",
+    }
+    scanfiles.always_fail(503)
+    first = serve(env)
+    documents = [content(n, tag="embedded") for n in range(3)]
+    bodies = [upload(first.url, data) for data in documents]
+    first.process.terminate()
+    assert first.process.wait(20) == 0
+    assert all(scanfiles.scans_by_checksum[sha(data)] == 0 for data in documents)
+    scanfiles.stop_failing()
+
+    second = serve(env)  # the same LOCAL_STORE_PATH, so the same queue file
+    wait_until(lambda: all(verdict(second.url, body) == 200 for body in bodies))
 
 
-@pytest.mark.parametrize("blocked", ["pending-scan", "api_link"])
-async def test_a_failed_local_write_leaves_nothing_behind(base_env, tmp_path, blocked) -> None:
-    root = tmp_path / "documents"
-    root.mkdir()
-    (root / blocked).write_text("a file where a directory should be")
-    async with running(create_app({**base_env, "DOCUMENT_STORE": "local"})) as client:
-        response = await post_form(
-            client,
-            f"/services/{SERVICE_ID}/documents",
-            files=document_part(b"%PDF-1.4 x"),
-            headers=AUTH,
-        )
-        assert response.status_code == 503
-        assert await response.get_json() == {
-            "error": "Document storage is unavailable, try again later"
-        }
-    assert not [p for p in root.rglob("*") if p.suffix in (".data", ".json")]
-
-
-@pytest.mark.parametrize("failing", ["put", "put_pending"])
-async def test_a_failed_s3_write_leaves_nothing_behind(
-    base_env, s3_env, moto_endpoint, monkeypatch, failing
+def test_spool_files_of_a_dead_process_are_removed_and_a_live_ones_kept(
+    serve, scanfiles, shared, tmp_path
 ) -> None:
-    # S3 will not fail one of two writes on demand, so this fault is injected.
-    env = s3_env(moto_endpoint)
-    app = create_app({**base_env, **env})
-    async with running(app) as client:
-        store = app.extensions["dd_api"].store
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    env = {**shared.env, "TMPDIR": str(spool)}
+    scanfiles.hold()
+    dead, alive = serve(env), serve(env)
+    upload(dead.url, content(1, LARGE, "dead"))
+    upload(alive.url, content(2, LARGE, "alive"))
+    scanfiles.wait_for_held(2)
+    files = set(spool.rglob("upload-*"))
+    assert len(files) == 2
+    dead.process.kill()
+    dead.process.wait()
 
-        async def fail(*args, **kwargs):
-            await asyncio.sleep(0.05)  # let the other write land first
-            raise StoreError("injected")
-
-        monkeypatch.setattr(store, failing, fail)
-        response = await post_form(
-            client,
-            f"/services/{SERVICE_ID}/documents",
-            files=document_part(b"%PDF-1.4 x"),
-            headers=AUTH,
-        )
-        assert response.status_code == 503
-    listing = s3_client(moto_endpoint).list_objects_v2(Bucket=env["DOCUMENTS_BUCKET"])
-    assert listing.get("KeyCount", 0) == 0
+    serve(env)  # starting, it removes what the dead process left
+    remaining = set(spool.rglob("upload-*"))
+    assert len(remaining) == 1 and remaining < files
+    assert str(alive.process.pid) in str(next(iter(remaining)).parent.name)
+    scanfiles.release()
 
 
-# -- the sweeper's decisions, on what a dead instance left behind ---------------------------
+# -- messages the consumer cannot use, uploads that cannot send one ---------------------------
 
 
-async def leave_behind(store, content: bytes, tags: dict[str, str]) -> Location:
-    """Write a document and its pending copy as an instance that then died would have."""
-    location = Location(uuid.UUID(SERVICE_ID), uuid.uuid4(), "attach")
-    await store.put(
-        location,
-        io.BytesIO(content),
-        size=len(content),
-        mimetype="text/plain",
-        key=bytes(32),
-        tags=tags,
-    )
-    pending = PendingCopy(location, "left.txt", "text/plain", "trace-from-the-dead-instance")
-    await store.put_pending(pending, io.BytesIO(content), size=len(content))
-    return location
+async def until(probe: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-async def recovering_app(base_env, store_env):
-    app = create_app(
-        {
-            **base_env,
-            **store_env,
-            "PENDING_SCAN_GRACE_SECONDS": "0.2",
-            "PENDING_SCAN_SWEEP_INTERVAL_SECONDS": "3600",  # the test sweeps by hand
-        }
-    )
+async def test_an_unreadable_message_is_dead_lettered_not_scanned(base_env, scanfiles) -> None:
+    env = {
+        **base_env,
+        "DOCUMENT_STORE": "local",
+        "SCAN_QUEUE_VISIBILITY_SECONDS": "0.2",
+        "SCAN_QUEUE_MAX_RECEIVES": "3",
+    }
+    queue_file = Path(env["LOCAL_STORE_PATH"]) / "scan-queue.sqlite3"
+    app = create_app(env)
     async with running(app):
-        yield app
+        await app.extensions["dd_api"].queue.send("not a scan message")
 
+        async def dead_lettered() -> bool:
+            with sqlite3.connect(queue_file) as db:
+                return db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] == 1
 
-async def test_sweeper_scans_what_a_dead_instance_left(recovering_app, scanfiles) -> None:
-    runtime = recovering_app.extensions["dd_api"]
-    location = await leave_behind(runtime.store, b"Canada, left", {"av-status": "in_progress"})
-    await asyncio.sleep(0.3)
-    assert await runtime.sweeper.sweep() == 1
-    await asyncio.gather(*recovering_app.background_tasks)
-    tags = await runtime.store.get_tags(location)
-    assert tags["av-status"] == "clean"
-    assert tags["av-checksum"] == hashlib.sha256(b"Canada, left").hexdigest()
-    assert scanfiles.requests[-1].headers["X-Scanning-Request-Id"] == "trace-from-the-dead-instance"
-    assert scanfiles.requests[-1].filename == "left.txt"
-    assert await runtime.store.list_pending() == []
-
-
-async def test_sweeper_only_removes_the_copy_when_the_verdict_is_written(
-    recovering_app, scanfiles
-) -> None:
-    runtime = recovering_app.extensions["dd_api"]
-    location = await leave_behind(runtime.store, b"Canada", {"av-status": "malicious"})
-    await asyncio.sleep(0.3)
-    assert await runtime.sweeper.sweep() == 0
-    assert await runtime.store.get_tags(location) == {"av-status": "malicious"}
-    assert await runtime.store.list_pending() == []
+        await until(dead_lettered)
     assert scanfiles.requests == []
 
 
-async def test_sweeper_removes_the_copy_of_a_deleted_document(recovering_app) -> None:
-    runtime = recovering_app.extensions["dd_api"]
-    location = await leave_behind(runtime.store, b"Canada", {"av-status": "in_progress"})
-    await runtime.store.delete(location, bytes(32))
-    await asyncio.sleep(0.3)
-    assert await runtime.sweeper.sweep() == 0
-    assert await runtime.store.list_pending() == []
+async def test_a_message_no_queue_key_opens_gives_scan_failed(base_env, scanfiles) -> None:
+    app = create_app({**base_env, "DOCUMENT_STORE": "local", "SCAN_QUEUE_KEY": new_queue_key()})
+    async with running(app) as client:
+        body = await upload_document(client)
+        location = Location(uuid.UUID(SERVICE_ID), uuid.UUID(body["id"]), None)
+        deps = app.extensions["dd_api"]
+        await until(lambda: tag_is(deps.store, location, "clean"))
+        await deps.store.put_tags(location, {"av-status": "in_progress"})
+        # a message sent under a key this instance does not have (a botched rotation)
+        other = MessageCodec([parse_queue_key(new_queue_key())])
+        stray = ScanMessage(
+            service_id=location.service_id,
+            document_id=location.document_id,
+            sending_method=None,
+            filename="x",
+            mimetype="application/pdf",
+            size=8,
+            trace_id="t",
+            created=time.time(),
+            key=os.urandom(32),
+        )
+        await deps.queue.send(other.encode(stray))
+        await until(lambda: tag_is(deps.store, location, "error"))
 
 
-async def test_sweeper_leaves_young_copies_alone(base_env, store_env) -> None:
-    # a grace period well over S3's one-second Last-Modified resolution
-    env = {**base_env, **store_env, "PENDING_SCAN_GRACE_SECONDS": "30"}
-    app = create_app(env)
-    async with running(app):
-        runtime = app.extensions["dd_api"]
-        await leave_behind(runtime.store, b"Canada", {"av-status": "in_progress"})
-        assert await runtime.sweeper.sweep() == 0
-        assert len(await runtime.store.list_pending()) == 1
+async def test_an_unsent_message_rolls_the_document_back(
+    base_env, s3_env, moto_endpoint, monkeypatch, caplog
+) -> None:
+    # S3 and SQS will not fail on demand, mid-upload, so these faults are injected.
+    env = s3_env(moto_endpoint)
+    app = create_app({**base_env, **env})
+    async with running(app) as client:
+        deps = app.extensions["dd_api"]
+
+        async def queue_down(*args, **kwargs):
+            raise QueueError("injected")
+
+        async def store_down(*args, **kwargs):
+            raise StoreError("injected")
+
+        monkeypatch.setattr(deps.queue, "send", queue_down)
+        response = await post_form(client, UPLOAD, files=document_part(b"%PDF-1.4 x"), headers=AUTH)
+        assert response.status_code == 503
+        listing = s3_client(moto_endpoint).list_objects_v2(Bucket=env["DOCUMENTS_BUCKET"])
+        assert listing.get("KeyCount", 0) == 0  # stored, then removed: never unscannable
+        # and when the removal fails too, an operator is told which document to remove
+        monkeypatch.setattr(deps.store, "delete", store_down)
+        response = await post_form(client, UPLOAD, files=document_part(b"%PDF-1.4 y"), headers=AUTH)
+        assert response.status_code == 503
+    (record,) = [r for r in caplog.records if "not rolled back" in r.getMessage()]
+    assert record.levelname == "ERROR"
+    assert uuid.UUID(record.document_id)
 
 
-async def test_sweeper_leaves_copies_leased_by_a_live_instance_alone(recovering_app) -> None:
-    runtime = recovering_app.extensions["dd_api"]
-    location = await leave_behind(runtime.store, b"Canada", {"av-status": "in_progress"})
-    await asyncio.sleep(0.3)
-    held = datetime.now(UTC) + timedelta(minutes=5)
-    assert await runtime.store.claim(location, "another-instance", held)
-    assert await runtime.sweeper.sweep() == 0
-    assert len(await runtime.store.list_pending()) == 1
+async def upload_document(client) -> dict:
+    response = await post_form(client, UPLOAD, files=document_part(b"%PDF-1.4 x"), headers=AUTH)
+    assert response.status_code == 201
+    return (await response.get_json())["document"]
 
 
-async def test_a_copy_past_the_retention_bound_is_given_up(base_env, store_env, caplog) -> None:
-    app = create_app(
-        {
-            **base_env,
-            **store_env,
-            "PENDING_SCAN_GRACE_SECONDS": "0.1",
-            "PENDING_SCAN_MAX_AGE_SECONDS": "0.5",
-            "PENDING_SCAN_SWEEP_INTERVAL_SECONDS": "3600",
-        }
-    )
-    async with running(app):
-        runtime = app.extensions["dd_api"]
-        location = await leave_behind(runtime.store, b"Canada", {"av-status": "in_progress"})
-        await asyncio.sleep(1.1)
-        await runtime.sweeper.sweep()
-        assert (await runtime.store.get_tags(location))["av-status"] == "error"
-        assert await runtime.store.list_pending() == []
-    assert any(
-        "retention" in record.getMessage()
-        and getattr(record, "document_id", None) == str(location.document_id)
-        for record in caplog.records
-    )
-
-
-async def test_uploads_leave_no_pending_copy_once_scanned(client) -> None:
-    from tests.helpers import upload as upload_in_process
-
-    await upload_in_process(client, b"%PDF-1.4 scanned")
-    await asyncio.gather(*client.app.background_tasks)
-    assert await client.app.extensions["dd_api"].store.list_pending() == []
-
-
-async def test_deleting_a_document_removes_its_pending_copy(client, scanfiles) -> None:
-    from tests.helpers import upload as upload_in_process
-
-    scanfiles.hold()
-    body = await upload_in_process(client, b"%PDF-1.4 to delete", sending_method="template_attach")
-    await scanfiles.wait_for_held_async(1)
-    response = await client.delete(
-        f"/services/{SERVICE_ID}/documents/{body['id']}?sending_method=template_attach",
-        headers=AUTH,
-    )
-    assert response.status_code == 200
-    assert await client.app.extensions["dd_api"].store.list_pending() == []
-    scanfiles.release()
+async def tag_is(store, location: Location, status: str) -> bool:
+    return (await store.get_tags(location)).get("av-status") == status

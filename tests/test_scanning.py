@@ -18,6 +18,7 @@ import pytest
 from werkzeug.datastructures import FileStorage
 
 from dd_api.app import create_app
+from dd_api.scanning.scanner import write_verdict
 from dd_api.store import Location, StoreError
 from tests.helpers import AUTH, SERVICE_ID, post_form, running, upload
 from tests.helpers import document as document_part
@@ -25,6 +26,9 @@ from tests.support.scanfiles import EICAR
 
 PDF = b"%PDF-1.4 file contents"
 EICAR_TXT = EICAR.encode() if isinstance(EICAR, str) else EICAR
+
+
+GD = "GuardDutyMalwareScanStatus"
 
 
 def path_of(url: str) -> str:
@@ -45,6 +49,29 @@ async def verdict(client, body: dict, sending_method: str | None = None):
 
 async def scans_done(app) -> None:
     await asyncio.gather(*app.background_tasks)
+
+
+# a fast-path window of 1 s, messages back 2 s after the upload, retries within 1 s
+QUICK_QUEUE = {
+    "SCAN_DEADLINE_SECONDS": "1",
+    "SCAN_QUEUE_DELAY_SECONDS": "2",
+    "SCAN_RETRY_MAX_SECONDS": "1",
+    "SCAN_ATTEMPT_TIMEOUT_SECONDS": "2",
+}
+
+
+async def queued(queue) -> tuple[int, int]:
+    depth = await queue.depth()
+    return depth.visible, depth.delayed
+
+
+async def until(probe, wanted, timeout: float = 30.0):
+    """Poll ``await probe()`` until it returns ``wanted``; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    while (got := await probe()) != wanted:
+        assert time.monotonic() < deadline, f"still {got!r} after {timeout} s"
+        await asyncio.sleep(0.1)
+    return got
 
 
 def store_of(app):
@@ -84,6 +111,38 @@ async def test_verdict_tags_are_written_in_one_set(client, scanfiles) -> None:
     assert scanfiles.scans_by_checksum[hashlib.sha256(PDF).hexdigest()] == 1
 
 
+async def test_a_verdict_keeps_the_tags_dd_api_did_not_write(client, scanfiles) -> None:
+    scanfiles.hold()
+    body = await upload(client, PDF)
+    await scanfiles.wait_for_held_async(1)
+    # GuardDuty tags the object while our scan runs
+    store = store_of(client.app)
+    tags = await store.get_tags(location_of(body))
+    await store.put_tags(location_of(body), {**tags, GD: "UNSUPPORTED", "owner": "ops"})
+    scanfiles.release()
+    await scans_done(client.app)
+    tags = await store.get_tags(location_of(body))
+    assert (tags["av-status"], tags[GD], tags["owner"]) == ("clean", "UNSUPPORTED", "ops")
+
+
+@pytest.mark.parametrize(("current", "written"), [("malicious", "error"), ("clean", "error")])
+async def test_a_verdict_never_replaces_one_that_says_more(client, current, written) -> None:
+    body = await upload(client, PDF)
+    await scans_done(client.app)
+    store = store_of(client.app)
+    await store.put_tags(location_of(body), {"av-status": current})
+    await write_verdict(store, location_of(body), written)
+    assert (await store.get_tags(location_of(body)))["av-status"] == current
+
+
+async def test_a_later_malicious_verdict_replaces_clean(client) -> None:
+    body = await upload(client, PDF)
+    await scans_done(client.app)
+    store = store_of(client.app)
+    await write_verdict(store, location_of(body), "malicious")
+    assert (await store.get_tags(location_of(body)))["av-status"] == "malicious"
+
+
 async def test_scan_request_follows_the_scan_files_contract(client, scanfiles) -> None:
     body = await upload(client, b"Canada", filename="note.txt")
     await scans_done(client.app)
@@ -117,14 +176,27 @@ async def test_502s_are_retried(make_client, scanfiles) -> None:
     assert len(scanfiles.requests) == 3
 
 
-async def test_scanner_always_failing_gives_scan_failed(make_client, scanfiles) -> None:
+async def test_an_outage_delays_the_verdict_and_the_queue_delivers_it(
+    make_client, scanfiles
+) -> None:
     scanfiles.always_fail(502)
-    async with make_client(SCAN_DEADLINE_SECONDS="1.5") as client:
+    async with make_client(**QUICK_QUEUE) as client:
         body = await upload(client, PDF)
-        await scans_done(client.app)
-        assert await verdict(client, body) == (422, {"scan_verdict": "scan_failed"})
-        assert (await store_of(client.app).get_tags(location_of(body)))["av-status"] == "error"
+        await scans_done(client.app)  # the fast path gave up without writing a verdict
+        assert await verdict(client, body) == (428, {"error": "Content scanning is in progress"})
         # a failed scan does not hide the document: the email may already be out
+        assert (await client.get(path_of(body["url"]))).status_code == 200
+        scanfiles.stop_failing()
+        await until(lambda: verdict(client, body), (200, {"scan_verdict": "clean"}))
+    assert scanfiles.scans_by_checksum[hashlib.sha256(PDF).hexdigest()] == 1
+
+
+async def test_an_outage_past_the_maximum_age_gives_scan_failed(make_client, scanfiles) -> None:
+    scanfiles.always_fail(502)
+    async with make_client(**QUICK_QUEUE, PENDING_SCAN_MAX_AGE_SECONDS="1") as client:
+        body = await upload(client, PDF)
+        await until(lambda: verdict(client, body), (422, {"scan_verdict": "scan_failed"}))
+        assert (await store_of(client.app).get_tags(location_of(body)))["av-status"] == "error"
         assert (await client.get(path_of(body["url"]))).status_code == 200
     assert len(scanfiles.requests) >= 2
 
@@ -152,13 +224,14 @@ async def test_concurrency_is_bounded_and_uploads_do_not_wait(make_client, scanf
     async with make_client(SCAN_CONCURRENCY="2") as client:
         bodies = [await upload(client, f"Canada {n}".encode()) for n in range(3)]
         await scanfiles.wait_for_held_async(2)
-        await asyncio.sleep(0.3)  # give a third scan every chance to start, if it could
+        # the third upload kept nothing: its message waits in the queue, visible, because
+        # no slot is free to receive it
+        queue = client.app.extensions["dd_api"].queue
+        await until(lambda: queued(queue), (1, 2))
         assert scanfiles.held_count == 2
-        assert client.app.extensions["dd_api"].scanner.waiting == 1
         scanfiles.release()
-        await scans_done(client.app)
         for body in bodies:
-            assert await verdict(client, body) == (200, {"scan_verdict": "clean"})
+            await until(lambda body=body: verdict(client, body), (200, {"scan_verdict": "clean"}))
     assert scanfiles.max_in_flight == 2
 
 
@@ -181,12 +254,12 @@ async def test_large_documents_are_scanned_from_a_temp_file_that_is_removed(
         scanfiles.hold()
         body = await upload(client, BIG, filename="big.txt")
         await scanfiles.wait_for_held_async(1)
-        assert len(list(scratch.glob("dd-scan-*"))) == 1
+        assert len(list(scratch.rglob("upload-*"))) == 1
         scanfiles.release()
         await scans_done(client.app)
         tags = await store_of(client.app).get_tags(location_of(body))
     assert tags["av-checksum"] == hashlib.sha256(BIG).hexdigest()
-    assert not list(scratch.glob("dd-scan-*"))
+    assert not list(scratch.rglob("upload-*"))
 
 
 async def test_a_refused_large_upload_leaves_no_temp_file(make_client, scratch) -> None:
@@ -198,7 +271,7 @@ async def test_a_refused_large_upload_leaves_no_temp_file(make_client, scratch) 
             headers=AUTH,
         )
         assert response.status_code == 400
-        assert not list(scratch.glob("dd-scan-*"))
+        assert not list(scratch.rglob("upload-*"))
 
 
 async def test_a_large_upload_that_cannot_be_stored_leaves_no_temp_file(
@@ -217,7 +290,7 @@ async def test_a_large_upload_that_cannot_be_stored_leaves_no_temp_file(
             headers=AUTH,
         )
         assert response.status_code == 503
-        assert not list(scratch.glob("dd-scan-*"))
+        assert not list(scratch.rglob("upload-*"))
 
 
 async def test_extra_large_file_parts_are_not_kept(make_client, scanfiles, scratch) -> None:
@@ -232,14 +305,15 @@ async def test_extra_large_file_parts_are_not_kept(make_client, scanfiles, scrat
             client, f"/services/{SERVICE_ID}/documents", files=files, headers=AUTH
         )
         assert response.status_code == 201
+        # the document was not the part spooled for a scan: nothing is kept, and the queue
+        # scans it from the store
         await scanfiles.wait_for_held_async(1)
-        assert len(list(scratch.glob("dd-scan-*"))) == 1  # the document's, for its scan
+        assert not list(scratch.rglob("upload-*"))
         scanfiles.release()
-        await scans_done(client.app)
         body = (await response.get_json())["document"]
+        await until(lambda: verdict(client, body), (200, {"scan_verdict": "clean"}))
         tags = await store_of(client.app).get_tags(location_of(body))
     assert tags["av-checksum"] == hashlib.sha256(BIG[::-1]).hexdigest()
-    assert not list(scratch.glob("dd-scan-*"))
 
 
 async def test_shutdown_lets_a_running_scan_finish(make_client, scanfiles) -> None:
@@ -256,19 +330,16 @@ async def test_shutdown_timeout_leaves_in_progress_and_names_the_document(
     make_client, scanfiles, caplog
 ) -> None:
     scanfiles.hold()  # never released before shutdown
-    caplog.set_level(logging.ERROR, logger="dd_api")
+    caplog.set_level(logging.INFO, logger="dd_api")
     async with make_client(BACKGROUND_TASK_SHUTDOWN_TIMEOUT="0.5") as client:
         body = await upload(client, PDF)
         await scanfiles.wait_for_held_async(1)
         app = client.app
     scanfiles.release()
-    records = [r for r in caplog.records if "left in_progress" in r.getMessage()]
+    records = [r for r in caplog.records if "shutting down" in r.getMessage()]
     assert records and records[0].document_id == body["id"]
     async with running(app) as client:
         assert await verdict(client, body) == (428, {"error": "Content scanning is in progress"})
-
-
-GD = "GuardDutyMalwareScanStatus"
 
 
 @pytest.mark.parametrize(
@@ -290,11 +361,14 @@ GD = "GuardDutyMalwareScanStatus"
         ({GD: "FAILED"}, 422, {"scan_verdict": "scan_failed"}),
         ({GD: "ACCESS_DENIED"}, 422, {"scan_verdict": "scan_failed"}),
         ({GD: "THREATS_FOUND", "av-status": "clean"}, 423, {"error": "Malicious content detected"}),
-        (
-            {GD: "NO_THREATS_FOUND", "av-status": "malicious"},
-            200,
-            {"scan_verdict": "NO_THREATS_FOUND"},
+        # a threat found by either scanner wins over whatever the other one says
+        *(
+            ({GD: gd, "av-status": own}, 423, {"error": "Malicious content detected"})
+            for gd in ("NO_THREATS_FOUND", "UNSUPPORTED", "FAILED", "ACCESS_DENIED")
+            for own in ("malicious", "suspicious")
         ),
+        ({GD: "UNSUPPORTED", "av-status": "clean"}, 422, {"scan_verdict": "scan_unsupported"}),
+        ({GD: "NO_THREATS_FOUND", "av-status": "error"}, 200, {"scan_verdict": "NO_THREATS_FOUND"}),
         ({GD: "", "av-status": "malicious"}, 423, {"error": "Malicious content detected"}),
     ],
 )

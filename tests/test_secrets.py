@@ -76,6 +76,7 @@ class Secrets:
     wrong_route: str = field(default_factory=lambda: f"wrongroute-{uuid.uuid4().hex}")
     secret_key: str = field(default_factory=lambda: f"secret-{uuid.uuid4().hex}")
     wrong_key: str = field(default_factory=lambda: base64_key(os.urandom(32)))
+    queue_key: str = field(default_factory=lambda: base64_key(os.urandom(32)))
     keys: list[str] = field(default_factory=list)  # every document key handed out
 
     def env(self) -> dict[str, str]:
@@ -91,6 +92,11 @@ class Secrets:
             "MAX_CONTENT_LENGTH": str(LIMIT),
             "SCAN_DEADLINE_SECONDS": "1",
             "BACKGROUND_TASK_SHUTDOWN_TIMEOUT": "3",
+            "SCAN_QUEUE_KEY": self.queue_key,
+            # a failing scan-files gives scan_failed within seconds, through the queue
+            "SCAN_QUEUE_DELAY_SECONDS": "2",
+            "SCAN_RETRY_MAX_SECONDS": "0.5",
+            "PENDING_SCAN_MAX_AGE_SECONDS": "1",
         }
 
     def forbidden(self) -> dict[str, str]:
@@ -104,6 +110,8 @@ class Secrets:
             "wrong X-Custom-Forwarder": self.wrong_route,
             "SECRET_KEY": self.secret_key,
         }
+        for form, value in key_forms(self.queue_key).items():
+            found[f"SCAN_QUEUE_KEY ({form})"] = value
         for number, key in enumerate([*self.keys, self.wrong_key]):
             for form, value in key_forms(key).items():
                 found[f"document key {number} ({form})"] = value
@@ -212,10 +220,12 @@ def drive_every_route(driver: Driver, store: Path | None) -> None:
     driver.expect(200, "status, second proxy key", "GET", "/_status", forwarder="2")
     driver.expect(200, "openapi", "GET", "/openapi.json")
     if COMPAT:
+        # the shallow /_status is for load balancers, which send no proxy header
         driver.expect(
-            403, "status, wrong proxy key", "GET", "/_status", forwarder=secrets.wrong_route
+            403, "metrics, wrong proxy key", "GET", "/metrics", forwarder=secrets.wrong_route
         )
-        driver.expect(403, "status, no proxy key", "GET", "/_status", forwarder=None)
+        driver.expect(403, "metrics, no proxy key", "GET", "/metrics", forwarder=None)
+        driver.expect(200, "status, no proxy key", "GET", "/_status", forwarder=None)
 
     # uploads and their background scans: clean, malicious, failing, key refused, held
     clean = driver.upload("upload, link", PDF + b"clean", filename="report.pdf")

@@ -15,7 +15,6 @@ from dd_api.store import (
     DocumentKeyMismatch,
     DocumentNotFound,
     Location,
-    PendingCopy,
     StoreError,
 )
 from dd_api.store.local import LocalStore
@@ -235,44 +234,18 @@ async def test_local_store_key_survives_a_restart(tmp_path) -> None:
     assert (tmp_path / ".store-key").stat().st_mode & 0o077 == 0
 
 
-# -- pending-scan copies and leases ---------------------------------------------------------
-
-
-async def test_pending_copy_round_trip(store) -> None:
-    where = location("attach")
-    content = os.urandom(100 * 1024)
-    copy = PendingCopy(where, "ça va, 2026.pdf", "application/pdf", "trace-1")
-    await store.put_pending(copy, io.BytesIO(content), size=len(content))
-    (listed,) = [c for c in await store.list_pending() if c.location == where]
-    assert (listed.filename, listed.mimetype, listed.request_id) == (
-        "ça va, 2026.pdf",
-        "application/pdf",
-        "trace-1",
-    )
-    assert listed.created is not None and listed.created.tzinfo is not None
-    out = io.BytesIO()
-    await store.read_pending(where, out)
-    assert out.getvalue() == content
-    await store.delete_pending(where)
-    assert [c for c in await store.list_pending() if c.location == where] == []
-    await store.delete_pending(where)  # already gone: fine
-
-
-async def test_a_lease_has_one_owner_until_it_expires(store) -> None:
-    where = location()
-    later = datetime.now(UTC) + timedelta(minutes=5)
-    assert await store.claim(where, "a", later)
-    assert not await store.claim(where, "b", later)
-    assert await store.claim(where, "a", later)  # the owner renews
-    assert await store.claim(where, "a", datetime.now(UTC) - timedelta(seconds=1))  # expires
-    assert await store.claim(where, "b", later)  # expired: anyone may take it
-    assert not await store.claim(where, "a", later)
-    await store.delete_pending(where)  # removes the lease too
-    assert await store.claim(where, "c", later)
-
-
-async def test_of_claims_racing_exactly_one_wins(store) -> None:
-    where = location()
-    later = datetime.now(UTC) + timedelta(minutes=5)
-    results = await asyncio.gather(*(store.claim(where, f"owner-{n}", later) for n in range(6)))
-    assert results.count(True) == 1
+async def test_local_store_removes_temp_files_a_crash_left(tmp_path) -> None:
+    store = LocalStore(tmp_path)
+    await store.open()
+    where, _ = await put(store, b"kept", "template_attach")
+    folder = store._data_path(where.key).parent
+    stale, fresh = folder / ".tmp-crashed", folder / ".tmp-writing-now"
+    for path in (stale, fresh):
+        path.write_bytes(b"half a document")
+    an_hour_ago = datetime.now(UTC).timestamp() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    again = LocalStore(tmp_path)
+    await again.open()
+    assert not stale.exists()
+    assert fresh.exists()  # may belong to a live writer sharing the directory
+    assert await read_all(again, where, None) == b"kept"

@@ -5,23 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from collections.abc import Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import fields
-from uuid import uuid4
 
 import dd_compat
 import httpx
+from hypercorn.middleware import ProxyFixMiddleware
 from quart import Quart
 
 from . import errors
-from .config import Settings
+from .config import RETIRED_SETTINGS, Settings
 from .converters import Base64UUIDConverter
 from .metrics import Metrics
+from .queue import LocalQueue, MessageCodec, QueueError, ScanQueue, SqsQueue
+from .queue.local import LOCAL_QUEUE_FILE, local_queue_key
 from .runtime import Runtime
 from .scanning.client import ScanClient
-from .scanning.recovery import Sweeper
 from .scanning.scanner import Scanner
 from .spooling import SpoolingRequest
 from .store import DocumentStore
@@ -39,7 +39,12 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
     app.request_class = SpoolingRequest
     _configure(app, settings)
     # trace ids, JSON logging and the proxy-header check, as notification-utils did for Flask
-    dd_compat.init_app(app)
+    dd_compat.init_app(app, proxy_check_exempt=status.is_shallow_status)
+    if settings.TRUSTED_PROXY_HOPS:
+        # scheme, host and client address from the X-Forwarded-* of that many proxies only
+        app.asgi_app = ProxyFixMiddleware(  # type: ignore[method-assign]
+            app.asgi_app, mode="legacy", trusted_hops=settings.TRUSTED_PROXY_HOPS
+        )
     app.url_map.converters["base64_uuid"] = Base64UUIDConverter
     # a doubled slash is an unknown URL (JSON 404), not a redirect built from the Host header
     app.url_map.merge_slashes = False
@@ -49,7 +54,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
 
     metrics = Metrics()
     metrics.install(app)
-    runtime = Runtime(settings=settings, store=_store(settings), metrics=metrics)
+    runtime = Runtime(
+        settings=settings, store=_store(settings), queue=_queue(settings), metrics=metrics
+    )
     app.extensions["dd_api"] = runtime
 
     stack = AsyncExitStack()
@@ -57,8 +64,14 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
     @app.before_serving
     async def open_dependencies() -> None:
         log.info("Starting with config: %s", settings.masked())
+        _warn_retired(environ if environ is not None else os.environ)
+        await asyncio.to_thread(runtime.spool_dir.open)
+        stack.callback(runtime.spool_dir.close)
         await runtime.store.open()
         stack.push_async_callback(runtime.store.close)
+        await runtime.queue.open()
+        stack.push_async_callback(runtime.queue.close)
+        runtime.codec = MessageCodec(settings.SCAN_QUEUE_KEYS or await _local_queue_key(settings))
         http = await stack.enter_async_context(
             httpx.AsyncClient(limits=httpx.Limits(max_connections=settings.SCAN_CONCURRENCY * 2))
         )
@@ -66,7 +79,6 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
             http,
             host=settings.ANTIVIRUS_API_HOST,
             api_key=settings.ANTIVIRUS_API_KEY,
-            deadline=settings.SCAN_DEADLINE_SECONDS,
             attempt_timeout=settings.SCAN_ATTEMPT_TIMEOUT_SECONDS,
             on_failure=lambda kind: metrics.scan_errors.labels(kind).inc(),
         )
@@ -74,26 +86,28 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
         scanner = Scanner(
             client,
             runtime.store,
+            runtime.queue,
+            runtime.codec,
             concurrency=settings.SCAN_CONCURRENCY,
-            owner=f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}",
-            lease_seconds=settings.SCAN_LEASE_SECONDS,
+            memory_bytes=settings.SCAN_BACKLOG_MEMORY_BYTES,
+            disk_bytes=settings.SCAN_BACKLOG_DISK_BYTES,
+            fast_window=settings.fast_scan_window,
+            attempt_timeout=settings.SCAN_ATTEMPT_TIMEOUT_SECONDS,
+            visibility=settings.SCAN_QUEUE_VISIBILITY_SECONDS,
+            retry_max=settings.SCAN_RETRY_MAX_SECONDS,
+            max_age=settings.PENDING_SCAN_MAX_AGE_SECONDS,
             on_finished=metrics.scan_finished,
         )
         metrics.watch(scanner)
         runtime.scanner = scanner
-        sweeper = Sweeper(
-            runtime.store,
-            scanner,
-            lambda job: app.add_background_task(scanner.run, job),
-            grace_seconds=settings.PENDING_SCAN_GRACE_SECONDS,
-            max_age_seconds=settings.PENDING_SCAN_MAX_AGE_SECONDS,
-            lease_seconds=settings.SCAN_LEASE_SECONDS,
+        # Stops receiving as soon as shutdown starts; scans it started are background
+        # tasks, which Quart lets finish (or cancels) before after_serving.
+        consuming = asyncio.create_task(
+            scanner.consume(app.shutdown_event, app.add_background_task)
         )
-        runtime.sweeper = sweeper
-        sweeping = asyncio.create_task(
-            sweeper.run(settings.PENDING_SCAN_SWEEP_INTERVAL_SECONDS, app.shutdown_event)
-        )
-        stack.push_async_callback(_stop, sweeping)
+        stack.push_async_callback(_stop, consuming)
+        polling = asyncio.create_task(_poll_depth(runtime))
+        stack.push_async_callback(_stop, polling)
 
     @app.after_serving
     async def close_dependencies() -> None:
@@ -101,6 +115,26 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
         await stack.aclose()
 
     return app
+
+
+async def _poll_depth(runtime: Runtime) -> None:
+    """The queue's depth for /metrics, polled: a scrape must not cost a queue call."""
+    while True:
+        try:
+            runtime.metrics.queue_depth(await runtime.queue.depth())
+        except QueueError as error:
+            log.warning("Scan queue depth unavailable (%s)", error)
+        await asyncio.sleep(runtime.settings.SCAN_QUEUE_DEPTH_POLL_SECONDS)
+
+
+async def _local_queue_key(settings: Settings) -> list[bytes]:
+    return [await asyncio.to_thread(local_queue_key, settings.LOCAL_STORE_PATH)]
+
+
+def _warn_retired(environ: Mapping[str, str]) -> None:
+    for name in RETIRED_SETTINGS:
+        if name in environ:
+            log.warning("%s is no longer used (the scan queue replaced it) and is ignored", name)
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
@@ -119,9 +153,22 @@ def _configure(app: Quart, settings: Settings) -> None:
     app.config["BODY_TIMEOUT"] = settings.BODY_TIMEOUT_SECONDS
 
 
+def _queue(settings: Settings) -> ScanQueue:
+    if settings.SCAN_QUEUE_URL:
+        return SqsQueue(settings.SCAN_QUEUE_URL)
+    return LocalQueue(
+        settings.LOCAL_STORE_PATH / LOCAL_QUEUE_FILE, max_receives=settings.SCAN_QUEUE_MAX_RECEIVES
+    )
+
+
 def _store(settings: Settings) -> DocumentStore:
     if settings.DOCUMENT_STORE == "s3":
         return S3Store(
-            settings.DOCUMENTS_BUCKET, max_pool_connections=settings.S3_MAX_POOL_CONNECTIONS
+            settings.DOCUMENTS_BUCKET,
+            max_pool_connections=settings.S3_MAX_POOL_CONNECTIONS,
+            # the view lets no more downloads than this run at once
+            download_pool_connections=settings.DOWNLOAD_CONCURRENCY,
+            connect_timeout=settings.S3_CONNECT_TIMEOUT_SECONDS,
+            read_timeout=settings.S3_READ_TIMEOUT_SECONDS,
         )
     return LocalStore(settings.LOCAL_STORE_PATH)

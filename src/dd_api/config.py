@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from uuid import UUID
 
+from .queue.message import parse_queue_key
+
 ENVIRONMENTS = ("development", "test", "scratch", "dev", "staging", "production")
 
 # Order matters: the 400 error lists them as a Python list, as the original does.
@@ -31,7 +33,21 @@ ALLOWED_MIME_TYPES = (
 )
 
 SECRET_SETTINGS = frozenset(
-    {"AUTH_TOKENS", "ANTIVIRUS_API_KEY", "SECRET_KEY", "ROUTE_SECRET_KEY_1", "ROUTE_SECRET_KEY_2"}
+    {
+        "AUTH_TOKENS",
+        "ANTIVIRUS_API_KEY",
+        "SECRET_KEY",
+        "ROUTE_SECRET_KEY_1",
+        "ROUTE_SECRET_KEY_2",
+        "SCAN_QUEUE_KEYS",
+    }
+)
+# Settings of the scan design that SQS replaced: still accepted, so that no deployment fails
+# to start because it sets them, and named in the start-up log as ignored.
+RETIRED_SETTINGS = (
+    "PENDING_SCAN_GRACE_SECONDS",
+    "PENDING_SCAN_SWEEP_INTERVAL_SECONDS",
+    "SCAN_LEASE_SECONDS",
 )
 
 # The original shipped a development token; it must never be accepted in production.
@@ -76,16 +92,30 @@ class Settings:
     SCAN_MEMORY_THRESHOLD_BYTES: int = 512 * 1024
     SCAN_TIMEOUT_SECONDS: int = 11 * 60
     BACKGROUND_TASK_SHUTDOWN_TIMEOUT: float = 5.0
-    PENDING_SCAN_GRACE_SECONDS: float = 120.0
-    PENDING_SCAN_SWEEP_INTERVAL_SECONDS: float = 60.0
+    SCAN_QUEUE_URL: str | None = None
+    SCAN_QUEUE_KEYS: tuple[bytes, ...] = ()  # SCAN_QUEUE_KEY, then SCAN_QUEUE_PREVIOUS_KEY
+    SCAN_QUEUE_DELAY_SECONDS: float = 60.0
+    SCAN_QUEUE_VISIBILITY_SECONDS: float = 30.0
+    SCAN_RETRY_MAX_SECONDS: float = 60.0
+    SCAN_QUEUE_DEPTH_POLL_SECONDS: float = 15.0
+    # the embedded queue's redrive policy: an outage of PENDING_SCAN_MAX_AGE_SECONDS must
+    # not dead-letter messages retried about once a minute
+    SCAN_QUEUE_MAX_RECEIVES: int = 1000
+    SCAN_BACKLOG_MEMORY_BYTES: int = 64 * 1024 * 1024
+    SCAN_BACKLOG_DISK_BYTES: int = 512 * 1024 * 1024
     PENDING_SCAN_MAX_AGE_SECONDS: float = 3600.0
-    SCAN_LEASE_SECONDS: float = 390.0
     NOTIFY_TRACE_ID_HEADER: str = "X-B3-TraceId"
     NOTIFY_SPAN_ID_HEADER: str = "X-B3-SpanId"
     NOTIFY_PARENT_SPAN_ID_HEADER: str = "X-B3-ParentSpanId"
     CHECK_PROXY_HEADER: bool = False
     ROUTE_SECRET_KEY_1: str = ""
     ROUTE_SECRET_KEY_2: str = ""
+
+    @property
+    def fast_scan_window(self) -> float:
+        """How long a fast-path scan may take: well inside its message's delay, so the
+        queue never hands the same document to a second scan while the first still runs."""
+        return min(self.SCAN_DEADLINE_SECONDS, self.SCAN_QUEUE_DELAY_SECONDS / 2)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -110,12 +140,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
     environment = _choice(env, "NOTIFY_ENVIRONMENT", ENVIRONMENTS, "development")
     in_dev = environment in ("development", "test")
     tokens = _auth_tokens(env, production=not in_dev)
-    deadline = _float(env, "SCAN_DEADLINE_SECONDS", 300.0)
-    attempt_timeout = _float(env, "SCAN_ATTEMPT_TIMEOUT_SECONDS", 60.0)
-    # A lease must outlast the longest scan, or a second instance could start it again.
-    lease = _float(env, "SCAN_LEASE_SECONDS", deadline + attempt_timeout + 30.0)
-    if lease <= deadline:
-        raise ConfigError("SCAN_LEASE_SECONDS must be longer than SCAN_DEADLINE_SECONDS")
+    store = _choice(env, "DOCUMENT_STORE", ("local", "s3"), "local")
+    queue_url = env.get("SCAN_QUEUE_URL", "").strip() or None
     return Settings(
         NOTIFY_ENVIRONMENT=environment,
         DEBUG=_bool(env, "DEBUG", in_dev),
@@ -135,7 +161,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         # a trailing newline from a secrets file would make every scan a 401
         ANTIVIRUS_API_KEY=env.get("ANTIVIRUS_API_KEY", "").strip(),
         SERVER_NAME=env.get("SERVER_NAME") or None,
-        DOCUMENT_STORE=_choice(env, "DOCUMENT_STORE", ("local", "s3"), "local"),
+        DOCUMENT_STORE=store,
         LOCAL_STORE_PATH=Path(_nonempty(env, "LOCAL_STORE_PATH", "./var/documents")),
         S3_MAX_POOL_CONNECTIONS=_int(env, "S3_MAX_POOL_CONNECTIONS", 50, minimum=1),
         S3_CONNECT_TIMEOUT_SECONDS=_float(env, "S3_CONNECT_TIMEOUT_SECONDS", 3.0),
@@ -144,17 +170,25 @@ def _parse(env: Mapping[str, str]) -> Settings:
         DOWNLOAD_STALL_SECONDS=_float(env, "DOWNLOAD_STALL_SECONDS", 30.0),
         TRUSTED_PROXY_HOPS=_int(env, "TRUSTED_PROXY_HOPS", 0, minimum=0),
         SCAN_CONCURRENCY=_int(env, "SCAN_CONCURRENCY", Settings.SCAN_CONCURRENCY, minimum=1),
-        SCAN_DEADLINE_SECONDS=deadline,
-        SCAN_ATTEMPT_TIMEOUT_SECONDS=attempt_timeout,
-        SCAN_LEASE_SECONDS=lease,
+        SCAN_DEADLINE_SECONDS=_float(env, "SCAN_DEADLINE_SECONDS", 300.0),
+        SCAN_ATTEMPT_TIMEOUT_SECONDS=_float(env, "SCAN_ATTEMPT_TIMEOUT_SECONDS", 60.0),
         SCAN_MEMORY_THRESHOLD_BYTES=_int(
             env, "SCAN_MEMORY_THRESHOLD_BYTES", Settings.SCAN_MEMORY_THRESHOLD_BYTES, minimum=0
         ),
         SCAN_TIMEOUT_SECONDS=_int(env, "SCAN_TIMEOUT_SECONDS", 660, minimum=1),
         BACKGROUND_TASK_SHUTDOWN_TIMEOUT=_float(env, "BACKGROUND_TASK_SHUTDOWN_TIMEOUT", 5.0),
-        PENDING_SCAN_GRACE_SECONDS=_float(env, "PENDING_SCAN_GRACE_SECONDS", 120.0),
-        PENDING_SCAN_SWEEP_INTERVAL_SECONDS=_float(
-            env, "PENDING_SCAN_SWEEP_INTERVAL_SECONDS", 60.0
+        SCAN_QUEUE_URL=queue_url,
+        SCAN_QUEUE_KEYS=_queue_keys(env, queue_url, required=store == "s3" and not in_dev),
+        SCAN_QUEUE_DELAY_SECONDS=_float(env, "SCAN_QUEUE_DELAY_SECONDS", 60.0, maximum=900.0),
+        SCAN_QUEUE_VISIBILITY_SECONDS=_float(env, "SCAN_QUEUE_VISIBILITY_SECONDS", 30.0),
+        SCAN_RETRY_MAX_SECONDS=_float(env, "SCAN_RETRY_MAX_SECONDS", 60.0, maximum=900.0),
+        SCAN_QUEUE_DEPTH_POLL_SECONDS=_float(env, "SCAN_QUEUE_DEPTH_POLL_SECONDS", 15.0),
+        SCAN_QUEUE_MAX_RECEIVES=_int(env, "SCAN_QUEUE_MAX_RECEIVES", 1000, minimum=1),
+        SCAN_BACKLOG_MEMORY_BYTES=_int(
+            env, "SCAN_BACKLOG_MEMORY_BYTES", Settings.SCAN_BACKLOG_MEMORY_BYTES, minimum=0
+        ),
+        SCAN_BACKLOG_DISK_BYTES=_int(
+            env, "SCAN_BACKLOG_DISK_BYTES", Settings.SCAN_BACKLOG_DISK_BYTES, minimum=0
         ),
         PENDING_SCAN_MAX_AGE_SECONDS=_float(env, "PENDING_SCAN_MAX_AGE_SECONDS", 3600.0),
         NOTIFY_TRACE_ID_HEADER=_nonempty(env, "NOTIFY_TRACE_ID_HEADER", "X-B3-TraceId"),
@@ -207,7 +241,9 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(
+    env: Mapping[str, str], name: str, default: float, *, maximum: float = float("inf")
+) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -215,9 +251,35 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds; got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name} must be greater than 0; got {raw!r}")
+    if not 0 < value <= maximum:
+        raise ConfigError(f"{name} must be greater than 0 and at most {maximum:g}; got {raw!r}")
     return value
+
+
+def _queue_keys(
+    env: Mapping[str, str], queue_url: str | None, *, required: bool
+) -> tuple[bytes, ...]:
+    """SCAN_QUEUE_KEY, then the key it replaces while messages sent under that one drain."""
+    raw = env.get("SCAN_QUEUE_KEY", "").strip()
+    if required and not queue_url:
+        raise ConfigError(
+            "SCAN_QUEUE_URL must be set with the S3 store outside development and test"
+        )
+    if not raw:
+        if queue_url:
+            # every instance must encrypt under the same key: none may invent its own
+            raise ConfigError("SCAN_QUEUE_KEY must be set when SCAN_QUEUE_URL is")
+        return ()
+    keys = []
+    for name in ("SCAN_QUEUE_KEY", "SCAN_QUEUE_PREVIOUS_KEY"):
+        value = env.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            keys.append(parse_queue_key(value))
+        except ValueError as error:
+            raise ConfigError(f"{name}: {error}") from None
+    return tuple(keys)
 
 
 def _url(env: Mapping[str, str], name: str, default: str) -> str:

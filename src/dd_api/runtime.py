@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quart import current_app
 
 from .config import Settings
 from .metrics import Metrics
+from .queue import MessageCodec, ScanQueue
 from .scanning.client import ScanClient
-from .scanning.recovery import Sweeper
 from .scanning.scanner import Scanner
+from .spool_dir import SpoolDirectory
 from .store import DocumentStore
 
 
@@ -18,11 +19,13 @@ from .store import DocumentStore
 class Runtime:
     settings: Settings
     store: DocumentStore
+    queue: ScanQueue
     metrics: Metrics
-    # set in before_serving: they need the running loop
+    spool_dir: SpoolDirectory = field(default_factory=SpoolDirectory)
+    # set in before_serving: they need the running loop, or the queue key
+    codec: MessageCodec | None = None
     scanner: Scanner | None = None
     scan_client: ScanClient | None = None
-    sweeper: Sweeper | None = None
 
 
 def runtime() -> Runtime:

@@ -7,14 +7,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol
-from urllib.parse import quote, unquote
 from uuid import UUID
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_ATTACH = "template_attach"
-PENDING_PREFIX = "pending-scan"
-LEASE_PREFIX = "pending-scan-leases"
 
 
 class StoreError(Exception):
@@ -29,6 +26,10 @@ class DocumentKeyMismatch(StoreError):
     """The key presented (or its absence) does not open the document."""
 
 
+class DocumentDamaged(StoreError):
+    """The stored bytes fail their integrity check: reading again will not help."""
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a document lives: the object key now, and the key older uploads used."""
@@ -40,15 +41,6 @@ class Location:
     @property
     def log_extra(self) -> dict[str, str]:
         return {"service_id": str(self.service_id), "document_id": str(self.document_id)}
-
-    @property
-    def pending_key(self) -> str:
-        """The short-lived copy a recovery scan can read without the document key."""
-        return f"{PENDING_PREFIX}/{self.service_id}/{self.document_id}"
-
-    @property
-    def lease_key(self) -> str:
-        return f"{LEASE_PREFIX}/{self.service_id}/{self.document_id}"
 
     @property
     def needs_key(self) -> bool:
@@ -81,54 +73,13 @@ class Location:
         return "api_link"
 
 
-@dataclass(frozen=True)
-class PendingCopy:
-    """What a scan needs besides the bytes, kept with the pending copy."""
-
-    location: Location
-    filename: str
-    mimetype: str
-    request_id: str
-    created: datetime | None = None  # set by the store when listed
-
-    def metadata(self) -> dict[str, str]:
-        # S3 user metadata is ASCII only: the filename travels percent-encoded.
-        return {
-            "sending-method": self.location.sending_method or "",
-            "filename": quote(self.filename),
-            "mimetype": self.mimetype,
-            "request-id": self.request_id,
-        }
-
-    @classmethod
-    def from_metadata(
-        cls, service_id: UUID, document_id: UUID, meta: Mapping[str, str], created: datetime
-    ) -> PendingCopy:
-        return cls(
-            location=Location(service_id, document_id, meta.get("sending-method") or None),
-            filename=unquote(meta.get("filename", "document")),
-            mimetype=meta.get("mimetype", "application/octet-stream"),
-            request_id=meta.get("request-id", ""),
-            created=created,
-        )
-
-
-def parse_pending_key(object_key: str) -> tuple[UUID, UUID] | None:
-    """The ids in ``pending-scan/<service>/<document>``; None for anything else."""
-    parts = object_key.split("/")
-    if len(parts) != 3 or parts[0] != PENDING_PREFIX:
-        return None
-    try:
-        return UUID(parts[1]), UUID(parts[2])
-    except ValueError:
-        return None
-
-
 class StoredDocument:
     """An open document, iterated in chunks; closing it releases the connection or file.
 
-    Quart calls ``aclose`` when the response ends, however it ends (finished,
-    client gone, HEAD), so the view can hand this straight to the response.
+    Quart calls ``aclose`` when a response it started sending ends, however it ends
+    (finished, client gone, cancelled). ``close`` releases at once without awaiting, for
+    the callers that cannot await: a stalled download cut off from another task, or a
+    failure being unwound.
     """
 
     def __init__(
@@ -138,13 +89,25 @@ class StoredDocument:
         self.size = size
         self._chunks = chunks
         self._release = release
+        self._released = False
         self._closed = False
 
     def __aiter__(self) -> StoredDocument:
         return self
 
     async def __anext__(self) -> bytes:
-        return await anext(self._chunks)
+        try:
+            return await anext(self._chunks)
+        except BaseException:
+            # The end, a failed read or a cancelled one (httpx's guard): nothing more will be
+            # read, so the connection goes back now rather than whenever the caller closes.
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -155,7 +118,7 @@ class StoredDocument:
             if aclose is not None:
                 await aclose()
         finally:
-            self._release()
+            self.close()
 
 
 async def with_fallback[T](location: Location, operation: Callable[[str], Awaitable[T]]) -> T:
@@ -203,19 +166,3 @@ class DocumentStore(Protocol):
 
     async def ping(self) -> None:
         """Raise StoreError when the store cannot be used."""
-
-    async def put_pending(self, copy: PendingCopy, body: BinaryIO, *, size: int) -> None:
-        """Store the pending-scan copy, encrypted by the store (no document key needed)."""
-
-    async def list_pending(self) -> list[PendingCopy]: ...
-
-    async def read_pending(self, location: Location, out: BinaryIO) -> None:
-        """Write the pending copy's bytes to ``out``."""
-
-    async def delete_pending(self, location: Location) -> None:
-        """Remove the pending copy and its lease; missing ones are fine."""
-
-    async def claim(self, location: Location, owner: str, until: datetime) -> bool:
-        """Take the scan lease unless another owner holds one that has not expired.
-
-        Atomic across processes and instances: of two claims racing, one wins."""

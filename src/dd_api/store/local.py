@@ -11,14 +11,13 @@ detected instead of served.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,19 +25,19 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..keyfile import DamagedKeyFile, load_or_create_key
 from .base import (
-    PENDING_PREFIX,
+    DocumentDamaged,
     DocumentKeyMismatch,
     DocumentNotFound,
     Location,
-    PendingCopy,
     StoredDocument,
     StoreError,
-    parse_pending_key,
     with_fallback,
 )
 
 SEGMENT = 64 * 1024
+STALE_TEMP_SECONDS = 600
 _TAG = 16
 _MAGIC = b"DDv1"
 _HEADER = len(_MAGIC) + 8  # magic + random nonce prefix
@@ -54,6 +53,7 @@ class LocalStore:
 
     async def open(self) -> None:
         self._store_key = await _io(self._load_store_key)
+        await _io(self._remove_stale_temp_files)
 
     async def close(self) -> None:
         self._store_key = None
@@ -123,85 +123,22 @@ class LocalStore:
         if not await _io(os.access, self.root, os.W_OK):
             raise StoreError("local store directory is not writable")
 
-    async def put_pending(self, copy: PendingCopy, body: BinaryIO, *, size: int) -> None:
-        meta = {
-            "mimetype": copy.mimetype,
-            "size": size,
-            "created": time.time(),
-            "encryption": "store",
-            "tags": {},
-            "pending": copy.metadata(),
-        }
-        await _io(self._write, copy.location.pending_key, body, self._cipher_key(None), meta)
-
-    async def list_pending(self) -> list[PendingCopy]:
-        return await _io(self._list_pending)
-
-    async def read_pending(self, location: Location, out: BinaryIO) -> None:
-        meta = await _io(self._read_meta, location.pending_key)
-        await _io(self._copy_out, location.pending_key, meta, out)
-
-    async def delete_pending(self, location: Location) -> None:
-        await _io(self._remove, location.pending_key)
-        lease = self._path(location.lease_key).with_suffix(".lease")
-        await _io(lease.unlink, missing_ok=True)
-
-    async def claim(self, location: Location, owner: str, until: datetime) -> bool:
-        return await _io(self._claim, location.lease_key, owner, until.timestamp())
-
     # -- blocking helpers, run in a worker thread ------------------------------
 
-    def _list_pending(self) -> list[PendingCopy]:
-        copies = []
-        for meta_path in (self.root / PENDING_PREFIX).glob("*/*.json"):
-            object_key = meta_path.relative_to(self.root).with_suffix("").as_posix()
-            ids = parse_pending_key(object_key)
-            if ids is None:
-                continue
-            try:
-                meta = self._read_meta(object_key)
-            except DocumentNotFound:
-                continue  # finished while we were listing
-            created = datetime.fromtimestamp(meta["created"], tz=UTC)
-            copies.append(PendingCopy.from_metadata(*ids, meta["pending"], created))
-        return copies
-
-    def _copy_out(self, object_key: str, meta: dict[str, Any], out: BinaryIO) -> None:
-        with self._data_path(object_key).open("rb") as handle:
-            segments = _Segments(handle, AESGCM(self._cipher_key(None)), meta["size"])
-            while (chunk := segments.next()) is not None:
-                out.write(chunk)
-
-    def _claim(self, lease_key: str, owner: str, until: float) -> bool:
-        path = self._path(lease_key).with_suffix(".lease")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a+") as handle:
-            # an exclusive lock makes read-decide-write one step for every process
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            handle.seek(0)
-            held = json.loads(handle.read() or "{}")
-            if held.get("owner", owner) != owner and held.get("until", 0) > time.time():
-                return False
-            handle.seek(0)
-            handle.truncate()
-            handle.write(json.dumps({"owner": owner, "until": until}))
-            handle.flush()
-            return True
+    def _remove_stale_temp_files(self) -> None:
+        # Left by a process killed mid-write. A write takes well under a minute, so an older
+        # one belongs to no live writer (another process may share the directory).
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for path in self.root.rglob(".tmp-*"):
+            with suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
 
     def _load_store_key(self) -> bytes:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / ".store-key"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            key = path.read_bytes()
-            if len(key) != 32:
-                raise StoreError("local store key file is damaged") from None
-            return key
-        key = secrets.token_bytes(32)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key)
-        return key
+            return load_or_create_key(self.root / ".store-key")
+        except DamagedKeyFile:
+            raise StoreError("local store key file is damaged") from None
 
     def _path(self, object_key: str) -> Path:
         path = (self.root / object_key).resolve()
@@ -282,7 +219,7 @@ class _Segments:
         self._index = 0
         header = handle.read(_HEADER)
         if len(header) != _HEADER or not header.startswith(_MAGIC):
-            raise StoreError("stored document is damaged")
+            raise DocumentDamaged("stored document is damaged")
         self._prefix = header[len(_MAGIC) :]
 
     def next(self) -> bytes | None:
@@ -297,7 +234,7 @@ class _Segments:
         except InvalidTag:
             if self._index == 0:
                 raise DocumentKeyMismatch("key does not open the document") from None
-            raise StoreError("stored document is damaged") from None
+            raise DocumentDamaged("stored document is damaged") from None
         self._index += 1
         return plain
 

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
-from uuid import uuid4
 
 import aioboto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.handlers import add_expect_header
 
 from .base import (
-    PENDING_PREFIX,
     DocumentKeyMismatch,
     DocumentNotFound,
     Location,
-    PendingCopy,
     StoredDocument,
     StoreError,
-    parse_pending_key,
     with_fallback,
 )
 
@@ -38,33 +34,71 @@ CHUNK_SIZE = 256 * 1024
 _KEY_ERRORS = {"InvalidRequest", "AccessDenied", "InvalidArgument", "400", "403"}
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _KEYED_READS = {"get_object", "head_object"}
-# a conditional write lost to another writer
-_CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
-
-
-class _ConditionFailed(StoreError):
-    pass
+# Standard mode's own default: a transient error is tried three times in all, so an endpoint
+# that never answers holds a call for three read timeouts plus at most 3 s of backoff.
+MAX_ATTEMPTS = 3
+MAX_BACKOFF = sum(2**attempt for attempt in range(MAX_ATTEMPTS - 1))  # botocore: rand * 2^n s
 
 
 class S3Store:
-    def __init__(self, bucket: str, *, max_pool_connections: int = 50) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        max_pool_connections: int = 50,
+        download_pool_connections: int = 32,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+    ) -> None:
         self.bucket = bucket
         self._max_pool_connections = max_pool_connections
+        self._download_pool_connections = download_pool_connections
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        # every attempt timing out, plus the backoff between them
+        self._deadline = MAX_ATTEMPTS * (connect_timeout + read_timeout) + MAX_BACKOFF
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
+        # A download holds its GetObject connection for as long as its reader takes. On a
+        # pool of their own, downloads can never take the connections that uploads,
+        # deletes, verdicts and scans need.
+        self._downloads: Any = None
 
     async def open(self) -> None:
         # Endpoint and credentials come from the standard AWS variables
         # (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...), as for any AWS SDK.
+        session = aioboto3.Session()
+        stack = AsyncExitStack()
+        try:
+            self._client = await self._open_client(stack, session, self._max_pool_connections)
+            self._downloads = await self._open_client(
+                stack, session, self._download_pool_connections
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+    async def _open_client(
+        self, stack: AsyncExitStack, session: aioboto3.Session, pool: int
+    ) -> Any:
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
         config = BotoConfig(
-            max_pool_connections=self._max_pool_connections,
-            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=pool,
+            # botocore's defaults (60 s each) let an endpoint that accepts and never answers
+            # hold a request for minutes; these bound every attempt.
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
         )
-        self._stack = AsyncExitStack()
-        self._client = await self._stack.enter_async_context(
-            aioboto3.Session().client("s3", region_name=region or "ca-central-1", config=config)
+        client = await stack.enter_async_context(
+            session.client("s3", region_name=region or "ca-central-1", config=config)
         )
+        # botocore asks for "100 Continue" before sending any file body, and aiohttp waits for
+        # it with no timeout (its read timeout starts once the body is sent): an endpoint
+        # that never answered would hold every upload for ever. Bodies here are 10 MiB at most.
+        client.meta.events.unregister("before-call.s3", add_expect_header)
+        return client
 
     async def close(self) -> None:
         if self._stack is not None:
@@ -97,12 +131,16 @@ class S3Store:
             location, lambda object_key: self._get_object(object_key, key)
         )
         body = response["Body"]
-        return StoredDocument(
-            mimetype=response["ContentType"],
-            size=response["ContentLength"],
-            chunks=body.iter_chunks(CHUNK_SIZE),
-            release=body.close,
-        )
+        try:
+            return StoredDocument(
+                mimetype=response["ContentType"],
+                size=response["ContentLength"],
+                chunks=body.iter_chunks(CHUNK_SIZE),
+                release=body.close,
+            )
+        except BaseException:
+            body.close()  # an unclosed body pins its pool connection
+            raise
 
     async def get_tags(self, location: Location) -> dict[str, str]:
         response = await with_fallback(
@@ -145,96 +183,9 @@ class S3Store:
     async def ping(self) -> None:
         await self._call(self._client.head_bucket, Bucket=self.bucket)
 
-    async def put_pending(self, copy: PendingCopy, body: BinaryIO, *, size: int) -> None:
-        await self._call(
-            self._client.put_object,
-            Bucket=self.bucket,
-            Key=copy.location.pending_key,
-            Body=body,
-            ContentLength=size,
-            ContentType=copy.mimetype,
-            Metadata=copy.metadata(),
-            ServerSideEncryption="AES256",
-        )
-
-    async def list_pending(self) -> list[PendingCopy]:
-        copies = []
-        paginator = self._client.get_paginator("list_objects_v2")
-        try:
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PENDING_PREFIX}/"):
-                for item in page.get("Contents", []):
-                    ids = parse_pending_key(item["Key"])
-                    if ids is None:
-                        continue
-                    try:
-                        head = await self._call(
-                            self._client.head_object, Bucket=self.bucket, Key=item["Key"]
-                        )
-                    except DocumentNotFound:
-                        continue  # finished while we were listing
-                    copies.append(
-                        PendingCopy.from_metadata(*ids, head["Metadata"], head["LastModified"])
-                    )
-        except (ClientError, BotoCoreError) as error:
-            raise StoreError(f"S3 listing failed: {type(error).__name__}") from None
-        return copies
-
-    async def read_pending(self, location: Location, out: BinaryIO) -> None:
-        response = await self._call(
-            self._client.get_object, Bucket=self.bucket, Key=location.pending_key
-        )
-        body = response["Body"]
-        try:
-            async for chunk in body.iter_chunks(CHUNK_SIZE):
-                out.write(chunk)
-        finally:
-            body.close()
-
-    async def delete_pending(self, location: Location) -> None:
-        keys = [{"Key": location.pending_key}, {"Key": location.lease_key}]
-        response = await self._call(
-            self._client.delete_objects,
-            Bucket=self.bucket,
-            Delete={"Objects": keys, "Quiet": True},
-        )
-        if response.get("Errors"):  # reported per key, not raised
-            raise StoreError(f"S3 delete_objects failed: {response['Errors'][0].get('Code')}")
-
-    async def claim(self, location: Location, owner: str, until: datetime) -> bool:
-        lease = json.dumps({"owner": owner, "until": until.timestamp(), "nonce": uuid4().hex})
-        # Usually nobody holds a lease yet: try to create it before reading anything.
-        if await self._put_lease(location, lease, IfNoneMatch="*"):
-            return True
-        try:
-            current = await self._call(
-                self._client.get_object, Bucket=self.bucket, Key=location.lease_key
-            )
-        except DocumentNotFound:  # released since: claim it afresh
-            return await self._put_lease(location, lease, IfNoneMatch="*")
-        async with current["Body"]:
-            held = json.loads(await current["Body"].read())
-        if held.get("owner") != owner and held.get("until", 0) > time.time():
-            return False
-        # replace exactly the lease we read: a competing claim changes the ETag
-        return await self._put_lease(location, lease, IfMatch=current["ETag"])
-
-    async def _put_lease(self, location: Location, lease: str, **condition: str) -> bool:
-        try:
-            await self._call(
-                self._client.put_object,
-                Bucket=self.bucket,
-                Key=location.lease_key,
-                Body=lease.encode(),
-                ServerSideEncryption="AES256",
-                **condition,
-            )
-        except _ConditionFailed:
-            return False
-        return True
-
     async def _get_object(self, object_key: str, key: bytes | None) -> dict[str, Any]:
         return await self._call(
-            self._client.get_object, Bucket=self.bucket, Key=object_key, **_key_params(key)
+            self._downloads.get_object, Bucket=self.bucket, Key=object_key, **_key_params(key)
         )
 
     async def _head(self, object_key: str, key: bytes | None) -> str:
@@ -254,11 +205,16 @@ class S3Store:
 
     async def _call(self, method: Callable[..., Awaitable[Any]], **params: Any) -> Any:
         try:
-            return await method(**params)
+            # The timeouts bound waiting for an answer, not sending a body: a peer that
+            # stops reading would hold a large upload for ever without this.
+            async with asyncio.timeout(self._deadline):
+                return await method(**params)
+        except TimeoutError:
+            raise StoreError(
+                f"S3 {method.__name__} failed: no answer within {self._deadline:g} s"
+            ) from None
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
-            if code in _CONDITION_FAILED:
-                raise _ConditionFailed(code) from None
             if code in _NOT_FOUND:
                 raise DocumentNotFound(params.get("Key", "")) from None
             if (

@@ -13,7 +13,8 @@ from quart import Blueprint, request
 from ..auth import require_bearer
 from ..errors import ApiError
 from ..runtime import runtime
-from ..store import Location, StoreError
+from ..store import Location
+from .limits import small_body
 from .params import document_key
 from .store_errors import store_errors
 
@@ -28,6 +29,7 @@ MISSING_KEY = (
 
 @blueprint.delete("/services/<uuid:service_id>/documents/<uuid:document_id>")
 @require_bearer
+@small_body
 async def delete_document(service_id: UUID, document_id: UUID) -> tuple[dict[str, Any], int]:
     params = await _params()
     location = Location(service_id, document_id, _text(params, "sending_method") or "link")
@@ -35,10 +37,6 @@ async def delete_document(service_id: UUID, document_id: UUID) -> tuple[dict[str
     store = runtime().store
     with store_errors(location, "Delete"):
         await store.delete(location, key)
-    try:
-        await store.delete_pending(location)  # a scan still to run has nothing left to scan
-    except StoreError as error:
-        log.warning("Pending copy not deleted (%s)", error, extra=location.log_extra)
     log.info(
         "Document deleted",
         extra={**location.log_extra, "sending_method": location.sending_method},

@@ -19,15 +19,21 @@ blueprint = Blueprint("status", __name__)
 CHECK_TIMEOUT = 3.0
 
 
+def is_shallow_status() -> bool:
+    """The load balancer's health check, which must answer even without the proxy header."""
+    return request.path == "/_status" and request.args.get("deep", "") in ("", "0", "false")
+
+
 @blueprint.get("/_status")
 async def status() -> tuple[str | dict[str, Any], int]:
     # The shallow check (what load balancers call) never depends on anything else.
-    if request.args.get("deep", "") in ("", "0", "false"):
+    if is_shallow_status():
         return "ok", 200
     deps = runtime()
     assert deps.scan_client is not None, "dependencies not started"
     checks = {
         "store": await _check("store", deps.store.ping()),
+        "scan_queue": await _check("scan_queue", deps.queue.ping()),
         "scan_files": await _check("scan_files", deps.scan_client.ping()),
     }
     healthy = all(state == "ok" for state in checks.values())

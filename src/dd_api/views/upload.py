@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import secrets
-from pathlib import Path
+import time
 from typing import Any, BinaryIO, cast
 from uuid import UUID, uuid4
 
 from dd_compat import current_trace_id
 from quart import Blueprint, current_app, request
+from werkzeug.datastructures import MultiDict
 
 from .. import mime
 from ..auth import require_bearer
 from ..errors import ApiError
+from ..queue import ScanMessage
 from ..runtime import runtime
-from ..scanning.scanner import ScanJob, copy_for_scan
+from ..scanning.scanner import Held
+from ..scanning.source import BytesSource
 from ..scanning.verdict import AV_STATUS_TAG, IN_PROGRESS
 from ..spooling import SpoolingRequest
-from ..store import Location, PendingCopy, StoreError
+from ..store import DocumentNotFound, Location, StoreError
 from ..urls import direct_file_url, short_url
-from .store_errors import store_errors
+from .store_errors import UNAVAILABLE, store_errors
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,9 @@ blueprint = Blueprint("upload", __name__)
 # written with the document, so no reader ever sees it untagged
 IN_PROGRESS_TAGS = {AV_STATUS_TAG: IN_PROGRESS}
 MAX_FILENAME = 255
+# notification-api sends "link", "attach" or "template_attach"; free text, but short
+MAX_SENDING_METHOD = 64
+NO_DOCUMENT = "No document upload"
 
 
 @blueprint.post("/services/<uuid:service_id>/documents")
@@ -39,18 +44,23 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     if request.content_length is None:
         # Quart enforces MAX_CONTENT_LENGTH only against a declared length.
         raise ApiError(411, "Content-Length header is required")
-    files = await request.files
-    form = await request.form
+    if request.mimetype != "multipart/form-data":
+        # refused before parsing: a urlencoded body of millions of fields parses for seconds
+        raise ApiError(400, NO_DOCUMENT)
+    files, form = await _parse_form()
     document = files.get("document")
     if document is None:
-        raise ApiError(400, "No document upload")
+        raise ApiError(400, NO_DOCUMENT)
 
     settings = runtime().settings
     filename = form.get("filename")
     sending_method = form.get("sending_method")
     # longer names would make links that no server accepts (notification-api allows 255)
-    if filename is not None and len(filename) > MAX_FILENAME:
-        raise ApiError(400, f"Filename must be at most {MAX_FILENAME} characters")
+    for name in (filename, document.filename):
+        if name is not None and len(name) > MAX_FILENAME:
+            raise ApiError(400, f"Filename must be at most {MAX_FILENAME} characters")
+    if sending_method is not None and len(sending_method) > MAX_SENDING_METHOD:
+        raise ApiError(400, f"sending_method must be at most {MAX_SENDING_METHOD} characters")
     stream = document.stream
     mimetype = mime.detect(stream)
     if not mime.is_allowed(
@@ -67,27 +77,28 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     document_id = uuid4()
     location = Location(service_id, document_id, sending_method)
     key = secrets.token_bytes(32) if location.needs_key else None
-    # The scan's source is secured first: a document is stored only if its scan can run.
-    # A large upload's spool file becomes the scan's own; anything else is copied.
-    source: bytes | Path | None = cast(SpoolingRequest, request).take_spool(stream)
-    if source is None:
-        with store_errors(location, "Upload"):
-            source = await copy_for_scan(stream, size, settings.SCAN_MEMORY_THRESHOLD_BYTES)
-    job = ScanJob(
-        location=location,
+    message = ScanMessage(
+        service_id=service_id,
+        document_id=document_id,
+        sending_method=sending_method,
         filename=filename or document.filename or "document",
         mimetype=mimetype,
-        source=source,
-        request_id=current_trace_id(),
+        size=size,
+        trace_id=current_trace_id(),
+        created=time.time(),
+        key=key,
     )
-    stream.seek(0)
+    held = _hold_for_scan(stream, size)
     try:
         with store_errors(location, "Upload"):
-            await _store_with_pending_copy(location, stream, size, mimetype, key, job)
+            await _store_and_send(location, stream, key, message, fast=held is not None)
     except BaseException:
-        job.discard()
+        if held is not None:
+            runtime().scanner.release(held)
         raise
-    current_app.add_background_task(runtime().scanner.run, job)
+    if held is not None:
+        cast(SpoolingRequest, request).disown_spool()
+        current_app.add_background_task(runtime().scanner.scan_held, message, held)
     runtime().metrics.upload_bytes.inc(size)
 
     log.info(
@@ -122,50 +133,78 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     return {"status": "ok", "document": body}, 201
 
 
-async def _store_with_pending_copy(
-    location: Location, stream: BinaryIO, size: int, mimetype: str, key: bytes | None, job: ScanJob
-) -> None:
-    """Write the document and its pending-scan copy side by side: both, or neither.
-
-    The copy is what lets another instance finish the scan if this one dies before
-    the verdict is written; a document stored without it could never be rescanned.
-    """
-    store = runtime().store
-    pending = PendingCopy(location, job.filename, mimetype, job.request_id)
+async def _parse_form() -> tuple[MultiDict, MultiDict]:
     try:
-        results = await asyncio.gather(
+        return await request.files, await request.form
+    except OSError as error:  # TMPDIR full or failing while the body was spooled
+        log.error("Upload could not be spooled: %s", error.strerror)
+        raise ApiError(503, UNAVAILABLE) from None
+
+
+def _hold_for_scan(stream: BinaryIO, size: int) -> Held | None:
+    """The bytes kept for a scan now, when a slot is free and the budget allows; else the
+    scan is left to the queue and nothing is kept."""
+    deps = runtime()
+    spool = cast(SpoolingRequest, request).spooled(stream)
+    if spool is None and size > deps.settings.SCAN_MEMORY_THRESHOLD_BYTES:
+        return None
+    scanner = deps.scanner
+    if spool is not None:
+        return scanner.hold(spool, size)
+    held = scanner.hold(b"", size)  # reserve first: read the bytes only for a scan that runs
+    if held is None:
+        return None
+    stream.seek(0)
+    held.source = BytesSource(stream.read())
+    return held
+
+
+async def _store_and_send(
+    location: Location, stream: BinaryIO, key: bytes | None, message: ScanMessage, *, fast: bool
+) -> None:
+    """Store the document and send its scan message side by side: both, or neither.
+
+    A fast-path scan's message is delayed past the scan's window, so the queue sees it only
+    if that scan ended without a verdict (or its process died).
+    """
+    deps = runtime()
+    delay = deps.settings.SCAN_QUEUE_DELAY_SECONDS if fast else 0.0
+    stream.seek(0)
+    store = deps.store
+    try:
+        stored, sent = await asyncio.gather(
             store.put(
-                location, stream, size=size, mimetype=mimetype, key=key, tags=IN_PROGRESS_TAGS
+                location,
+                stream,
+                size=message.size,
+                mimetype=message.mimetype,
+                key=key,
+                tags=IN_PROGRESS_TAGS,
             ),
-            _put_pending(pending, job.source, size),
+            deps.queue.send(deps.codec.encode(message), delay=delay),
             return_exceptions=True,
         )
     except asyncio.CancelledError:
-        # the client went away mid-upload: leave nothing behind
-        await asyncio.shield(_remove_both(location, key))
+        # the client went away mid-upload: leave no document behind
+        await asyncio.shield(_remove(location, key))
         raise
-    failures = [result for result in results if isinstance(result, BaseException)]
-    if failures:
-        await _remove_both(location, key)
-        raise failures[0]
+    if isinstance(sent, BaseException):
+        # A stored document whose message is lost would never be scanned.
+        log.error("Scan message not sent (%s)", sent, extra=location.log_extra)
+        if not isinstance(stored, BaseException):
+            await _remove(location, key)
+        raise StoreError("scan queue unavailable")
+    if isinstance(stored, BaseException):
+        # The message was sent and cannot be taken back: the consumer drops it once it
+        # finds no document (after a grace period, as the put may still be under way).
+        raise stored
 
 
-async def _put_pending(pending: PendingCopy, source: bytes | Path, size: int) -> None:
-    store = runtime().store
-    if isinstance(source, bytes):
-        await store.put_pending(pending, io.BytesIO(source), size=size)
-        return
-    handle = await asyncio.to_thread(source.open, "rb")
+async def _remove(location: Location, key: bytes | None) -> None:
     try:
-        await store.put_pending(pending, handle, size=size)
-    finally:
-        handle.close()
-
-
-async def _remove_both(location: Location, key: bytes | None) -> None:
-    store = runtime().store
-    for remove in (lambda: store.delete(location, key), lambda: store.delete_pending(location)):
-        try:
-            await remove()
-        except StoreError:
-            pass  # not written, or the store is down: nothing was promised to anyone
+        await runtime().store.delete(location, key)
+    except DocumentNotFound:
+        pass  # never written
+    except StoreError as error:
+        # nothing was promised to anyone, but an operator may have to remove it by hand
+        log.error("Half-written upload not rolled back (%s)", error, extra=location.log_extra)

@@ -12,6 +12,7 @@ from ..auth import require_bearer
 from ..runtime import runtime
 from ..scanning.verdict import Verdict, classify, scan_status
 from ..store import Location
+from .limits import small_body
 from .store_errors import store_errors
 
 blueprint = Blueprint("verdict", __name__)
@@ -19,6 +20,7 @@ blueprint = Blueprint("verdict", __name__)
 
 @blueprint.post("/services/<uuid:service_id>/documents/<uuid:document_id>/scan-verdict")
 @require_bearer
+@small_body
 async def scan_verdict(service_id: UUID, document_id: UUID) -> tuple[dict[str, Any], int]:
     # As the original: the sending method comes from the form body only.
     form = await request.form
