@@ -173,3 +173,16 @@ async def upload(
     )
     assert response.status_code == 201, await response.get_data(as_text=True)
     return (await response.get_json())["document"]
+
+
+def upload_to(url: str, content: bytes, **form: str) -> dict:
+    """Upload ``content`` to the server at ``url`` (as notification-api does); the document."""
+    response = httpx.post(
+        f"{url}/services/{SERVICE_ID}/documents",
+        files={"document": ("document", content)},
+        data=form,
+        headers=AUTH,
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["document"]

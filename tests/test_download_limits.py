@@ -19,7 +19,7 @@ import pytest
 
 from dd_api.app import create_app
 from dd_api.store import Location, StoredDocument
-from tests.helpers import AUTH, AWS_ENV, SERVICE_ID, hypercorn_in_thread
+from tests.helpers import AUTH, AWS_ENV, SERVICE_ID, hypercorn_in_thread, upload_to
 from tests.test_openapi import conformance_errors
 
 # Larger than every buffer between S3 and a stalled client (a few MiB on loopback), so a
@@ -33,17 +33,6 @@ SHORT_PATH = "/d/{service_id}/{document_id}"
 STALL_SECONDS = 5.0
 LIMIT = 3
 DIRECT_PATH = "/services/{service_id}/documents/{document_id}"
-
-
-def upload(url: str, content: bytes) -> dict:
-    response = httpx.post(
-        f"{url}/services/{SERVICE_ID}/documents",
-        files={"document": ("document", content)},
-        headers=AUTH,
-        timeout=TIMEOUT,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["document"]
 
 
 def links(url: str, document: dict) -> tuple[str, str]:
@@ -125,7 +114,7 @@ def test_stalled_readers_hold_only_download_slots_and_are_cut_off(
             "S3_READ_TIMEOUT_SECONDS": "1",
         }
     )
-    short, direct = links(server.url, upload(server.url, BIG))
+    short, direct = links(server.url, upload_to(server.url, BIG))
     stalled = [stalled_get(short) for _ in range(LIMIT)]
     try:
         # every slot is held once a HEAD (which takes one only briefly) is refused
@@ -139,7 +128,7 @@ def test_stalled_readers_hold_only_download_slots_and_are_cut_off(
             assert int(busy.headers["Retry-After"]) > 0
             assert conformance_errors(path, "get", busy, busy.content) == []
 
-        small = upload(server.url, SMALL)
+        small = upload_to(server.url, SMALL)
         wait_until(lambda: verdict(server.url, small["id"]).status_code == 200, 10, "clean verdict")
         deep = httpx.get(f"{server.url}/_status?deep=1", timeout=TIMEOUT)
         assert deep.status_code == 200, deep.text
@@ -175,7 +164,7 @@ def test_a_slow_reader_that_keeps_reading_is_not_cut_off(serve, s3_env, moto_end
             "S3_READ_TIMEOUT_SECONDS": "1",
         }
     )
-    short, _ = links(server.url, upload(server.url, BIG))
+    short, _ = links(server.url, upload_to(server.url, BIG))
     sock = stalled_get(short)
     received = bytearray()
     try:
@@ -232,7 +221,7 @@ def test_the_limit_and_the_cut_off_hold_on_the_local_store_too(serve) -> None:
             "TRUSTED_PROXY_HOPS": "1",
         }
     )
-    short, direct = links(server.url, upload(server.url, BIG))
+    short, direct = links(server.url, upload_to(server.url, BIG))
     sock = stalled_get(short)
     try:
         wait_until(lambda: httpx.head(direct, timeout=TIMEOUT).status_code == 503, 10, "slot held")
@@ -282,7 +271,7 @@ class _TagsOnHold:
 def test_a_download_abandoned_mid_request_closes_its_document_and_slot(base_env) -> None:
     app = create_app({**base_env, "DOCUMENT_STORE": "local", "DOWNLOAD_CONCURRENCY": "1"})
     with hypercorn_in_thread(app) as url:
-        short, _ = links(url, upload(url, SMALL))
+        short, _ = links(url, upload_to(url, SMALL))
         store = _TagsOnHold(app.extensions["dd_api"].store)
         app.extensions["dd_api"].store = store
         store.hold.set()

@@ -6,19 +6,31 @@ import asyncio
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dd_api.app import create_app
 from dd_api.queue import MessageCodec, QueueError, ScanMessage, new_queue_key, parse_queue_key
 from dd_api.store import Location, StoreError
-from tests.helpers import AUTH, AWS_ENV, SERVICE_ID, post_form, running, s3_client
+from tests.helpers import (
+    AUTH,
+    AWS_ENV,
+    SERVICE_ID,
+    free_port,
+    post_form,
+    running,
+    s3_client,
+    upload_to,
+)
 from tests.helpers import document as document_part
 
 UPLOAD = f"/services/{SERVICE_ID}/documents"
@@ -29,18 +41,6 @@ LARGE = 700_000  # over SCAN_MEMORY_THRESHOLD_BYTES: spooled to a file
 def content(n: int, size: int = SMALL, tag: str = "") -> bytes:
     line = f"Canada {tag} {n} {uuid.uuid4()}\n".encode()
     return (line * (size // len(line) + 1))[:size]
-
-
-def upload(url: str, data: bytes) -> dict:
-    response = httpx.post(
-        f"{url}/services/{SERVICE_ID}/documents",
-        files={"document": ("document", data)},
-        data={"filename": "note.txt"},
-        headers=AUTH,
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["document"]
 
 
 def verdict(url: str, body: dict) -> int:
@@ -121,7 +121,7 @@ def test_kill_9_with_default_settings_every_verdict_arrives_within_90_s(
     first = serve({**shared.env, "SCAN_BACKLOG_DISK_BYTES": "0"})
     fast = [content(n, SMALL, "fast") for n in range(2)]
     queued = [content(n, LARGE, "queued") for n in range(2)]
-    bodies = [upload(first.url, data) for data in fast + queued]
+    bodies = [upload_to(first.url, data) for data in fast + queued]
     scanfiles.wait_for_held(4)
     first.process.kill()  # SIGKILL: no shutdown, no cleanup
     first.process.wait()
@@ -149,7 +149,7 @@ def test_two_instances_with_a_backlog_scan_every_document_exactly_once(
     a, b = serve(env), serve(env)
     scanfiles.hold()
     documents = [content(n, SMALL if n % 3 else LARGE, "shared") for n in range(12)]
-    bodies = [upload((a, b)[n % 2].url, data) for n, data in enumerate(documents)]
+    bodies = [upload_to((a, b)[n % 2].url, data) for n, data in enumerate(documents)]
     scanfiles.wait_for_held(4)  # two slots on each: the rest wait in the queue
     assert scanfiles.held_count == 4
     scanfiles.release()
@@ -178,7 +178,7 @@ def test_scan_files_down_longer_than_the_deadline_then_back_every_document_clean
     scanfiles.always_fail(502)
     server = serve(env)
     documents = [content(n, SMALL if n % 2 else LARGE, "outage") for n in range(6)]
-    bodies = [upload(server.url, data) for data in documents]
+    bodies = [upload_to(server.url, data) for data in documents]
     # fast-path windows over, queued scans failing and coming back: still no verdict
     wait_until(lambda: server.output().count("Queued scan failed") >= 6)
     assert all(verdict(server.url, body) == 428 for body in bodies)
@@ -197,7 +197,7 @@ def test_sigterm_with_scans_in_flight_leaves_them_to_the_queue(serve, scanfiles,
     }
     scanfiles.hold()
     first = serve(env)
-    bodies = [upload(first.url, content(n, tag="sigterm")) for n in range(3)]
+    bodies = [upload_to(first.url, content(n, tag="sigterm")) for n in range(3)]
     scanfiles.wait_for_held(1)
     first.process.terminate()
     assert first.process.wait(20) == 0
@@ -219,7 +219,7 @@ def test_the_embedded_queue_survives_a_restart_with_documents_in_it(serve, scanf
     scanfiles.always_fail(503)
     first = serve(env)
     documents = [content(n, tag="embedded") for n in range(3)]
-    bodies = [upload(first.url, data) for data in documents]
+    bodies = [upload_to(first.url, data) for data in documents]
     first.process.terminate()
     assert first.process.wait(20) == 0
     assert all(scanfiles.scans_by_checksum[sha(data)] == 0 for data in documents)
@@ -237,8 +237,8 @@ def test_spool_files_of_a_dead_process_are_removed_and_a_live_ones_kept(
     env = {**shared.env, "TMPDIR": str(spool)}
     scanfiles.hold()
     dead, alive = serve(env), serve(env)
-    upload(dead.url, content(1, LARGE, "dead"))
-    upload(alive.url, content(2, LARGE, "alive"))
+    upload_to(dead.url, content(1, LARGE, "dead"))
+    upload_to(alive.url, content(2, LARGE, "alive"))
     scanfiles.wait_for_held(2)
     files = set(spool.rglob("upload-*"))
     assert len(files) == 2
@@ -344,3 +344,60 @@ async def upload_document(client) -> dict:
 
 async def tag_is(store, location: Location, status: str) -> bool:
     return (await store.get_tags(location)).get("av-status") == status
+
+
+def test_thousands_of_uploads_with_scan_files_down_keep_within_the_byte_budgets(
+    serve, tmp_path, scanfiles
+) -> None:
+    # smaller than SCAN_CONCURRENCY (4) documents: the budgets, not the slots, hold bytes back
+    memory_budget, disk_budget = 50_000, LARGE + 100_000
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    server = serve(
+        {
+            "AUTH_TOKENS": "test-token",
+            "ANTIVIRUS_API_HOST": f"http://127.0.0.1:{free_port()}",  # scan-files down
+            "SCAN_BACKLOG_MEMORY_BYTES": str(memory_budget),
+            "SCAN_BACKLOG_DISK_BYTES": str(disk_budget),
+            "TMPDIR": str(spool),
+        }
+    )
+    peaks = {"memory": 0.0, "disk": 0.0, "spooled": 0}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for where in ("memory", "disk"):
+                peaks[where] = max(peaks[where], held(server.url, where))
+            spooled = sum(path.stat().st_size for path in spool.rglob("upload-*"))
+            peaks["spooled"] = max(peaks["spooled"], spooled)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    sizes = [LARGE if n % 40 == 0 else 20_000 for n in range(2000)]
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            bodies = list(
+                pool.map(
+                    lambda n: upload_to(server.url, content(n, sizes[n], "burst")), range(2000)
+                )
+            )
+    finally:
+        done.set()
+        watcher.join()
+    assert len(bodies) == 2000
+    assert 0 < peaks["memory"] <= memory_budget
+    assert 0 < peaks["disk"] <= disk_budget
+    # spool files: those held for scans, and the bodies of the 16 uploads being received
+    assert peaks["spooled"] <= disk_budget + 16 * LARGE
+    # nothing was lost: every document waits in the queue for scan-files
+    assert verdict(server.url, bodies[-1]) == 428
+
+
+def held(url: str, where: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "dd_scan_bytes_held" and sample.labels.get("where") == where:
+                return sample.value
+    raise AssertionError("dd_scan_bytes_held missing")

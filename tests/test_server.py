@@ -9,25 +9,14 @@ import sys
 
 import httpx
 
-from tests.helpers import AUTH, ROOT, SERVICE_ID, free_port, production_command
+from tests.helpers import AUTH, ROOT, SERVICE_ID, free_port, production_command, upload_to
 
 PDF = b"%PDF-1.4 " + b"x" * 100_000
 
 
-def upload(url: str, content: bytes = PDF, **form: str) -> dict:
-    response = httpx.post(
-        f"{url}/services/{SERVICE_ID}/documents",
-        files={"document": ("document", content)},
-        data=form,
-        headers=AUTH,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["document"]
-
-
 def test_upload_then_download_on_the_default_store(serve) -> None:
     server = serve({"AUTH_TOKENS": "test-token"})
-    body = upload(server.url, filename="report.pdf", sending_method="link")
+    body = upload_to(server.url, PDF, filename="report.pdf", sending_method="link")
     short = body["url"].replace("http://localhost:7000", server.url)
     response = httpx.get(short)
     assert response.status_code == 200
@@ -57,7 +46,7 @@ def test_chunked_upload_is_refused_with_411_and_nothing_stored(serve, tmp_path) 
 
 def test_head_gives_the_length_and_no_body(serve) -> None:
     server = serve({"AUTH_TOKENS": "test-token"})
-    body = upload(server.url)
+    body = upload_to(server.url, PDF)
     direct = body["direct_file_url"].replace("http://", "").split("/", 1)[1]
     response = httpx.head(f"{server.url}/{direct}")
     assert response.status_code == 200
@@ -67,7 +56,7 @@ def test_head_gives_the_length_and_no_body(serve) -> None:
 
 def test_keys_and_tokens_never_reach_the_logs(serve) -> None:
     server = serve({"AUTH_TOKENS": "test-token", "NOTIFY_ENVIRONMENT": "development"})
-    body = upload(server.url, filename="a.pdf", sending_method="attach")
+    body = upload_to(server.url, PDF, filename="a.pdf", sending_method="attach")
     key = body["url"].split("key=")[1].split("&")[0]
     short = body["url"].replace("http://localhost:7000", server.url)
     assert httpx.get(short).status_code == 200
@@ -112,7 +101,7 @@ def test_the_asgi_module_is_importable_with_no_settings(tmp_path) -> None:
 def test_sigterm_lets_the_running_scan_write_its_verdict(serve, scanfiles, tmp_path) -> None:
     scanfiles.delay = 1.5  # under BACKGROUND_TASK_SHUTDOWN_TIMEOUT
     server = serve({"AUTH_TOKENS": "test-token", "BACKGROUND_TASK_SHUTDOWN_TIMEOUT": "5"})
-    body = upload(server.url)
+    body = upload_to(server.url, PDF)
     server.process.terminate()  # SIGTERM right after the 201, scan still running
     assert server.process.wait(20) == 0
     (meta,) = (tmp_path / "docs").rglob(f"{body['id']}.json")

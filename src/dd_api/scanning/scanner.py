@@ -330,6 +330,9 @@ async def _until[T](work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | No
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()  # cancelled ourselves: the work goes with us
+        raise
     finally:
         stopping.cancel()
     if task.done():
