@@ -24,6 +24,8 @@ from quart.datastructures import FileStorage
 from quart.testing import QuartClient
 from quart.testing.utils import make_test_body_with_headers
 
+from dd_api.queue import new_queue_key
+
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SERVICE_ID = "00000000-0000-0000-0000-000000000000"
@@ -83,6 +85,44 @@ def _boto_credentials() -> dict[str, str]:
         "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         "region_name": AWS_ENV["AWS_DEFAULT_REGION"],
     }
+
+
+class Shared:
+    """One bucket and one scan queue on an S3/SQS server process, as several instances
+    share them; ``env`` is what each instance needs (with ``s3_env``'s variables)."""
+
+    def __init__(self, endpoint: str, env: dict[str, str]) -> None:
+        sqs = boto3.client("sqs", endpoint_url=endpoint, **_boto_credentials())
+        url = sqs.create_queue(QueueName=f"dd-scans-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+        self.sqs, self.queue_url = sqs, url
+        self.s3, self.bucket = s3_client(endpoint), env["DOCUMENTS_BUCKET"]
+        self.env = {
+            **env,
+            "AUTH_TOKENS": "test-token",
+            "AWS_ENDPOINT_URL_SQS": endpoint,
+            "SCAN_QUEUE_URL": url,
+            "SCAN_QUEUE_KEY": new_queue_key(),
+        }
+
+    def status(self, body: dict) -> str | None:
+        key = f"api_link/{SERVICE_ID}/{body['id']}"
+        tags = self.s3.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
+        return {tag["Key"]: tag["Value"] for tag in tags}.get("av-status")
+
+    def all_clean(self, bodies: list[dict]) -> bool:
+        return all(self.status(body) == "clean" for body in bodies)
+
+    def queue_empty(self) -> bool:
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])
+        counts = attributes["Attributes"]
+        return all(
+            counts[name] == "0"
+            for name in (
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            )
+        )
 
 
 @asynccontextmanager

@@ -66,6 +66,17 @@ KEY = new_queue_key()
         ({"SCAN_QUEUE_KEY": KEY, "SCAN_QUEUE_PREVIOUS_KEY": "nope"}, "SCAN_QUEUE_PREVIOUS_KEY"),
         ({"SCAN_QUEUE_DELAY_SECONDS": "901"}, "SCAN_QUEUE_DELAY_SECONDS"),
         ({"SCAN_BACKLOG_MEMORY_BYTES": "-1"}, "SCAN_BACKLOG_MEMORY_BYTES"),
+        # scan-files' S3 route: both settings, well formed
+        ({"SCAN_FILES_AWS_ACCOUNT": "123456789012"}, "SCAN_FILES_SNS_ARN"),
+        (
+            {"SCAN_FILES_SNS_ARN": f"arn:aws:sns:ca-central-1:{'1' * 12}:t"},
+            "SCAN_FILES_AWS_ACCOUNT",
+        ),
+        ({"SCAN_FILES_AWS_ACCOUNT": "1234"}, "SCAN_FILES_AWS_ACCOUNT"),
+        (
+            {"SCAN_FILES_AWS_ACCOUNT": "123456789012", "SCAN_FILES_SNS_ARN": "topic"},
+            "SCAN_FILES_SNS_ARN",
+        ),
         ({"DOWNLOAD_CONCURRENCY": "0"}, "DOWNLOAD_CONCURRENCY"),
     ],
 )

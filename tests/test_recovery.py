@@ -13,7 +13,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,8 +22,8 @@ from dd_api.queue import MessageCodec, QueueError, ScanMessage, new_queue_key, p
 from dd_api.store import Location, StoreError
 from tests.helpers import (
     AUTH,
-    AWS_ENV,
     SERVICE_ID,
+    Shared,
     free_port,
     post_form,
     running,
@@ -59,51 +58,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class Shared:
-    """One bucket and one queue on the moto server, as several instances share them."""
-
-    def __init__(self, endpoint: str, env: dict[str, str]) -> None:
-        sqs = boto3.client("sqs", endpoint_url=endpoint, **_credentials())
-        url = sqs.create_queue(QueueName=f"dd-scans-{uuid.uuid4().hex[:12]}")["QueueUrl"]
-        self.sqs, self.queue_url = sqs, url
-        self.s3, self.bucket = s3_client(endpoint), env["DOCUMENTS_BUCKET"]
-        self.env = {
-            **env,
-            "AUTH_TOKENS": "test-token",
-            "AWS_ENDPOINT_URL_SQS": endpoint,
-            "SCAN_QUEUE_URL": url,
-            "SCAN_QUEUE_KEY": new_queue_key(),
-        }
-
-    def status(self, body: dict) -> str | None:
-        key = f"api_link/{SERVICE_ID}/{body['id']}"
-        tags = self.s3.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
-        return {tag["Key"]: tag["Value"] for tag in tags}.get("av-status")
-
-    def all_clean(self, bodies: list[dict]) -> bool:
-        return all(self.status(body) == "clean" for body in bodies)
-
-    def queue_empty(self) -> bool:
-        attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])
-        counts = attributes["Attributes"]
-        return all(
-            counts[name] == "0"
-            for name in (
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            )
-        )
-
-
-def _credentials() -> dict[str, str]:
-    return {
-        "aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-        "region_name": AWS_ENV["AWS_DEFAULT_REGION"],
-    }
 
 
 @pytest.fixture

@@ -361,16 +361,22 @@ async def test_wrong_key_is_not_retried(http, scanfiles, failures):
     assert failures == ["http 401"]
 
 
-@pytest.mark.parametrize("status", [400, 403, 404, 413, 422])
-async def test_other_4xx_are_not_retried(http, scanfiles, failures, status):
+TOO_LARGE = "http 413: the document is too large for scan-files"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(400, "http 400"), (403, "http 403"), (404, "http 404"), (413, TOO_LARGE), (422, "http 422")],
+)
+async def test_other_4xx_are_not_retried(http, scanfiles, failures, status, reason):
     scanfiles.always_fail(status)
 
     result = await scan(make_client(http, scanfiles.url, on_failure=failures.append))
 
-    assert (result.verdict, result.reason, result.attempts) == (None, f"http {status}", 1)
+    assert (result.verdict, result.reason, result.attempts) == (None, reason, 1)
     assert result.retryable is False
     assert len(scanfiles.requests) == 1
-    assert failures == [f"http {status}"]
+    assert failures == [reason]
 
 
 async def test_hung_attempt_times_out_then_retry_succeeds(http, scanfiles, failures):

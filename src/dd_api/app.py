@@ -22,6 +22,7 @@ from .queue import LocalQueue, MessageCodec, QueueError, ScanQueue, SqsQueue
 from .queue.local import LOCAL_QUEUE_FILE, local_queue_key
 from .runtime import Runtime
 from .scanning.client import ScanClient
+from .scanning.s3_route import S3Route
 from .scanning.scanner import Scanner
 from .spooling import SpoolingRequest
 from .store import DocumentStore
@@ -97,6 +98,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
             retry_max=settings.SCAN_RETRY_MAX_SECONDS,
             max_age=settings.PENDING_SCAN_MAX_AGE_SECONDS,
             on_finished=metrics.scan_finished,
+            s3_route=_s3_route(settings, client, runtime.store),
         )
         metrics.watch(scanner)
         runtime.scanner = scanner
@@ -151,6 +153,20 @@ def _configure(app: Quart, settings: Settings) -> None:
             app.config[field.name] = getattr(settings, field.name)
     # Quart's own name for it; a slow-loris body is cut off after this many seconds
     app.config["BODY_TIMEOUT"] = settings.BODY_TIMEOUT_SECONDS
+
+
+def _s3_route(settings: Settings, client: ScanClient, store: DocumentStore) -> S3Route | None:
+    if not settings.scan_files_s3_route or not isinstance(store, S3Store):
+        return None
+    return S3Route(
+        client,
+        store,
+        bucket=settings.scan_copies_bucket,
+        aws_account=settings.SCAN_FILES_AWS_ACCOUNT,
+        sns_arn=settings.SCAN_FILES_SNS_ARN,
+        max_bytes=settings.SCAN_FILES_MAX_BYTES,
+        poll_seconds=settings.SCAN_ATTEMPT_TIMEOUT_SECONDS,
+    )
 
 
 def _queue(settings: Settings) -> ScanQueue:

@@ -8,6 +8,7 @@ naming the variable instead of failing on the first request.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +55,10 @@ RETIRED_SETTINGS = (
 DEFAULT_AUTH_TOKEN = "auth-token"  # noqa: S105
 
 
+_ACCOUNT = re.compile(r"\d{12}")
+_SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}")
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -75,6 +80,12 @@ class Settings:
     NOTIFY_LOG_LEVEL: str = "INFO"
     ANTIVIRUS_API_HOST: str = "http://localhost:6016"
     ANTIVIRUS_API_KEY: str = ""
+    # scan-files runs behind a Lambda function URL, whose invocation payload is capped at
+    # 6 MB with a binary body base64-encoded in it: about 4.5 MB of document at most
+    SCAN_FILES_MAX_BYTES: int = 4_400_000
+    SCAN_FILES_BUCKET: str = ""  # default: DOCUMENTS_BUCKET
+    SCAN_FILES_AWS_ACCOUNT: str = ""
+    SCAN_FILES_SNS_ARN: str = ""
     # Host for direct_file_url. Deliberately not Quart's SERVER_NAME, which would
     # make every request to another Host (load balancer health checks) a 404.
     SERVER_NAME: str | None = None
@@ -116,6 +127,15 @@ class Settings:
         """How long a fast-path scan may take: well inside its message's delay, so the
         queue never hands the same document to a second scan while the first still runs."""
         return min(self.SCAN_DEADLINE_SECONDS, self.SCAN_QUEUE_DELAY_SECONDS / 2)
+
+    @property
+    def scan_files_s3_route(self) -> bool:
+        """Whether documents above SCAN_FILES_MAX_BYTES go through scan-files' S3 route."""
+        return self.DOCUMENT_STORE == "s3" and bool(self.SCAN_FILES_AWS_ACCOUNT)
+
+    @property
+    def scan_copies_bucket(self) -> str:
+        return self.SCAN_FILES_BUCKET or self.DOCUMENTS_BUCKET
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -160,6 +180,11 @@ def _parse(env: Mapping[str, str]) -> Settings:
         ANTIVIRUS_API_HOST=_url(env, "ANTIVIRUS_API_HOST", "http://localhost:6016"),
         # a trailing newline from a secrets file would make every scan a 401
         ANTIVIRUS_API_KEY=env.get("ANTIVIRUS_API_KEY", "").strip(),
+        SCAN_FILES_MAX_BYTES=_int(
+            env, "SCAN_FILES_MAX_BYTES", Settings.SCAN_FILES_MAX_BYTES, minimum=1
+        ),
+        SCAN_FILES_BUCKET=env.get("SCAN_FILES_BUCKET", "").strip(),
+        **_scan_files_s3_route(env),
         SERVER_NAME=env.get("SERVER_NAME") or None,
         DOCUMENT_STORE=store,
         LOCAL_STORE_PATH=Path(_nonempty(env, "LOCAL_STORE_PATH", "./var/documents")),
@@ -254,6 +279,20 @@ def _float(
     if not 0 < value <= maximum:
         raise ConfigError(f"{name} must be greater than 0 and at most {maximum:g}; got {raw!r}")
     return value
+
+
+def _scan_files_s3_route(env: Mapping[str, str]) -> dict[str, str]:
+    """The account and topic of scan-files' S3 route: both, or neither."""
+    account = env.get("SCAN_FILES_AWS_ACCOUNT", "").strip()
+    topic = env.get("SCAN_FILES_SNS_ARN", "").strip()
+    if account and not _ACCOUNT.fullmatch(account):
+        raise ConfigError("SCAN_FILES_AWS_ACCOUNT must be a 12-digit AWS account id")
+    if topic and not _SNS_ARN.fullmatch(topic):
+        raise ConfigError("SCAN_FILES_SNS_ARN must be an SNS topic ARN (arn:aws:sns:...)")
+    if bool(account) != bool(topic):
+        missing = "SCAN_FILES_SNS_ARN" if account else "SCAN_FILES_AWS_ACCOUNT"
+        raise ConfigError(f"{missing} must be set with the other scan-files S3 route setting")
+    return {"SCAN_FILES_AWS_ACCOUNT": account, "SCAN_FILES_SNS_ARN": topic}
 
 
 def _queue_keys(

@@ -14,12 +14,14 @@ import random
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from .source import ScanSource, SourceError
 
-__all__ = ["SCANNER", "ScanClient", "ScanResult"]
+__all__ = ["SCANNER", "ScanClient", "ScanFailed", "ScanResult"]
 
 logger = logging.getLogger("dd_api.scanning")
 
@@ -50,6 +52,15 @@ class ScanResult:
     """Without a verdict: whether trying again later may succeed."""
 
 
+class ScanFailed(Exception):
+    """A call of scan-files' S3 route failed; the reason is short and secret-free."""
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
 @dataclass(frozen=True)
 class _Outcome:
     """What one attempt produced: a verdict, a retryable failure, or a permanent failure."""
@@ -77,6 +88,7 @@ class ScanClient:
         self._on_failure = on_failure  # told each failed attempt's kind, e.g. "http 502"
         self._url = f"{host.rstrip('/')}/clamav"
         self._health_url = f"{host.rstrip('/')}/healthcheck"
+        self._s3_url = f"{host.rstrip('/')}/clamav/s3"
         self._api_key = api_key
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
@@ -182,6 +194,54 @@ class ScanClient:
             return outcome
         return _Outcome(verdict=outcome.verdict, checksum=body.digest.hexdigest())
 
+    # -- scan-files' S3 route, for documents above its request size cap --------------------
+
+    async def start_s3_scan(
+        self, s3_uri: str, *, aws_account: str, sns_arn: str, request_id: str
+    ) -> str:
+        """Ask scan-files to scan an object its role reads; its scan id. Raises ScanFailed."""
+        response = await self._s3_call(
+            "POST",
+            self._s3_url,
+            request_id,
+            json={"aws_account": aws_account, "s3_key": s3_uri, "sns_arn": sns_arn},
+        )
+        scan_id = _json_field(response, "scan_id")
+        if scan_id is None:
+            raise ScanFailed("scan-files answered without a scan id", retryable=True)
+        return scan_id
+
+    async def s3_scan_verdict(self, scan_id: str, *, request_id: str) -> str | None:
+        """The verdict of a scan started with ``start_s3_scan``; None while it runs."""
+        response = await self._s3_call("GET", f"{self._url}/{quote(scan_id, safe='')}", request_id)
+        if _json_field(response, "status") != "completed":
+            return None
+        verdict = _json_field(response, "verdict")
+        if verdict is None:
+            raise ScanFailed("completed scan without a verdict", retryable=True)
+        return verdict
+
+    async def _s3_call(
+        self, method: str, url: str, request_id: str, **kwargs: Any
+    ) -> httpx.Response:
+        headers = {"Authorization": self._api_key, "X-Scanning-Request-Id": request_id}
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                headers=headers,
+                timeout=httpx.Timeout(self._attempt_timeout, connect=_CONNECT_TIMEOUT),
+                **kwargs,
+            )
+        except _PERMANENT_TRANSPORT_ERRORS as exc:
+            raise ScanFailed(type(exc).__name__, retryable=False) from None
+        except httpx.TransportError as exc:
+            raise ScanFailed(type(exc).__name__, retryable=True) from None
+        if response.status_code != 200:
+            outcome = _classify(response)
+            raise ScanFailed(outcome.failure or "unknown", retryable=outcome.retryable)
+        return response
+
     def _backoff(self, attempts: int) -> float:
         """Full jitter: uniform in [0, base * 2^(attempts-1)], capped at backoff_max."""
         ceiling = min(self._backoff_max, self._backoff_base * 2 ** (attempts - 1))
@@ -249,6 +309,8 @@ def _classify(response: httpx.Response) -> _Outcome:
             return _Outcome(failure="http 200 without verdict", retryable=True)
         return _Outcome(verdict=verdict)
     failure = f"http {status}"
+    if status == 413:
+        return _Outcome(failure="http 413: the document is too large for scan-files")
     if status == 429:
         return _Outcome(failure=failure, retryable=True, retry_after=_retry_after(response))
     # scan-files answers 502 whenever a scan throws, which under load is usually transient.
@@ -256,12 +318,16 @@ def _classify(response: httpx.Response) -> _Outcome:
 
 
 def _verdict_from(response: httpx.Response) -> str | None:
+    return _json_field(response, "verdict")
+
+
+def _json_field(response: httpx.Response, name: str) -> str | None:
     try:
         body = response.json()
     except ValueError:
         return None
-    verdict = body.get("verdict") if isinstance(body, dict) else None
-    return verdict if isinstance(verdict, str) and verdict else None
+    value = body.get(name) if isinstance(body, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -35,13 +35,14 @@ from ..queue import (
 from ..store import DocumentNotFound, DocumentStore, Location, StoreError
 from .capacity import ByteBudget, ScanSlots
 from .client import SCANNER, ScanClient, ScanResult
+from .s3_route import S3Route
 from .source import BytesSource, FileSource, ScanSource, StoreSource
 from .verdict import AV_STATUS_TAG, is_final, supersedes
 
 log = logging.getLogger(__name__)
 
 TAG_WRITE_ATTEMPTS = 5
-FAST, QUEUE = "fast", "queue"
+FAST, QUEUE, S3_ROUTE = "fast", "queue", "s3"
 # A message may arrive before its document is written (the two go out in parallel); after
 # this long a missing document was deleted, or its upload failed.
 MISSING_DOCUMENT_GRACE = 120.0
@@ -89,7 +90,9 @@ class Scanner:
         retry_max: float,
         max_age: float,
         on_finished: Callable[[str, str, float], None] | None = None,
+        s3_route: S3Route | None = None,
     ) -> None:
+        self._s3_route = s3_route  # for documents above scan-files' request cap
         self._client = client
         self._store = store
         self._queue = queue
@@ -111,6 +114,8 @@ class Scanner:
         """Keep the bytes for a scan now, if a slot is free and the budget allows; else None
         and the caller keeps nothing (a spool file stays the request's to remove)."""
         budget = self.disk if isinstance(data, Path) else self.memory
+        if self._s3_route is not None and self._s3_route.takes(size):
+            return None  # polled under its queue message, which must exist first
         if not self.slots.try_take():
             return None
         if not budget.try_take(size):
@@ -210,10 +215,17 @@ class Scanner:
         if not await self._needs_scan(received, message):
             return
         started = time.monotonic()
-        source = StoreSource(self._store, location_of(message), message.key, message.size)
+        location = location_of(message)
+        route = self._s3_route if self._s3_route and self._s3_route.takes(message.size) else None
         async with self._kept_invisible(received):
-            # one attempt: a failure comes back as the same message, after a backoff
-            result = await self._scan(message, source, deadline=self._attempt_timeout, retry=False)
+            if route is not None:
+                result = await self._counted(route.scan(message, location))
+            else:
+                source = StoreSource(self._store, location, message.key, message.size)
+                # one attempt: a failure comes back as the same message, after a backoff
+                result = await self._scan(
+                    message, source, deadline=self._attempt_timeout, retry=False
+                )
         if result.verdict is None and result.retryable and not self._too_old(message):
             await self._retry_later(received, self._backoff(received.receive_count))
             log.info(
@@ -222,8 +234,10 @@ class Scanner:
                 extra={**message.log_extra, "scan_receive_count": received.receive_count},
             )
             return
-        await self._record(message, result, QUEUE, started)
+        await self._record(message, result, S3_ROUTE if route else QUEUE, started)
         await self._queue.delete(received.receipt)
+        if route is not None:
+            await route.discard(location)
 
     async def _needs_scan(self, received: Received, message: ScanMessage) -> bool:
         """False, having dealt with the message, when there is nothing to scan (yet)."""
@@ -284,9 +298,8 @@ class Scanner:
     async def _scan(
         self, message: ScanMessage, source: ScanSource, *, deadline: float, retry: bool = True
     ) -> ScanResult:
-        self.scanning += 1
-        try:
-            return await self._client.scan(
+        return await self._counted(
+            self._client.scan(
                 source,
                 filename=message.filename,
                 mimetype=message.mimetype,
@@ -294,6 +307,12 @@ class Scanner:
                 deadline=deadline,
                 retry=retry,
             )
+        )
+
+    async def _counted(self, scan: Awaitable[ScanResult]) -> ScanResult:
+        self.scanning += 1
+        try:
+            return await scan
         finally:
             self.scanning -= 1
 

@@ -33,7 +33,7 @@ CHUNK_SIZE = 256 * 1024
 # S3's answers when the SSE-C key is missing, wrong, or not 32 bytes.
 _KEY_ERRORS = {"InvalidRequest", "AccessDenied", "InvalidArgument", "400", "403"}
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_KEYED_READS = {"get_object", "head_object"}
+_KEYED_READS = {"get_object", "head_object", "copy_object"}
 # Standard mode's own default: a transient error is tried three times in all, so an endpoint
 # that never answers holds a call for three read timeouts plus at most 3 s of backoff.
 MAX_ATTEMPTS = 3
@@ -183,6 +183,43 @@ class S3Store:
     async def ping(self) -> None:
         await self._call(self._client.head_bucket, Bucket=self.bucket)
 
+    # -- scan copies: what scan-files' own role reads for documents above its size cap ----
+
+    async def copy_for_scanner(
+        self, location: Location, key: bytes | None, bucket: str, object_key: str
+    ) -> None:
+        """Copy the document, server-side, to ``bucket/object_key`` under SSE-S3, untagged:
+        scan-files reads it with a role, which no SSE-C object allows."""
+        await with_fallback(
+            location,
+            lambda source_key: self._call(
+                self._client.copy_object,
+                Bucket=bucket,
+                Key=object_key,
+                CopySource={"Bucket": self.bucket, "Key": source_key},
+                ServerSideEncryption="AES256",
+                TaggingDirective="REPLACE",
+                Tagging="",
+                **_copy_source_key(key),
+            ),
+        )
+
+    async def object_tags(self, bucket: str, object_key: str) -> dict[str, str]:
+        response = await self._call(self._client.get_object_tagging, Bucket=bucket, Key=object_key)
+        return {tag["Key"]: tag["Value"] for tag in response["TagSet"]}
+
+    async def tag_object(self, bucket: str, object_key: str, tags: Mapping[str, str]) -> None:
+        tag_set = [{"Key": name, "Value": value} for name, value in tags.items()]
+        await self._call(
+            self._client.put_object_tagging,
+            Bucket=bucket,
+            Key=object_key,
+            Tagging={"TagSet": tag_set},
+        )
+
+    async def delete_object(self, bucket: str, object_key: str) -> None:
+        await self._call(self._client.delete_object, Bucket=bucket, Key=object_key)
+
     async def _get_object(self, object_key: str, key: bytes | None) -> dict[str, Any]:
         return await self._call(
             self._downloads.get_object, Bucket=self.bucket, Key=object_key, **_key_params(key)
@@ -217,11 +254,8 @@ class S3Store:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND:
                 raise DocumentNotFound(params.get("Key", "")) from None
-            if (
-                code in _KEY_ERRORS
-                and "SSECustomerAlgorithm" in params
-                and method.__name__ in _KEYED_READS
-            ):
+            keyed = "SSECustomerAlgorithm" in params or "CopySourceSSECustomerAlgorithm" in params
+            if code in _KEY_ERRORS and keyed and method.__name__ in _KEYED_READS:
                 raise DocumentKeyMismatch(code) from None
             if code in {"InvalidRequest", "400"} and method.__name__ in _KEYED_READS:
                 # an SSE-C object asked for without a key
@@ -234,6 +268,12 @@ class S3Store:
 
 def _key_params(key: bytes | None) -> dict[str, Any]:
     return {} if key is None else {"SSECustomerKey": key, "SSECustomerAlgorithm": "AES256"}
+
+
+def _copy_source_key(key: bytes | None) -> dict[str, Any]:
+    if key is None:
+        return {}
+    return {"CopySourceSSECustomerKey": key, "CopySourceSSECustomerAlgorithm": "AES256"}
 
 
 def _encryption(key: bytes | None) -> dict[str, Any]:
