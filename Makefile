@@ -25,7 +25,7 @@ lint: $(VENV)/.installed
 test: lint
 	$(BIN)/python -m pytest
 
-# The benchmark (bench/README.md): a few minutes, not part of CI. BENCH_ARGS=--quick for a smoke run.
+# The benchmark (bench/README.md): about 10 minutes, not part of CI. BENCH_ARGS=--quick for a smoke run.
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

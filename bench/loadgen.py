@@ -4,14 +4,22 @@ Each line on stdin is one JSON command; each answer is one JSON line on stdout (
 stderr). Commands:
 
 * ``{"op": "init", "s3": URL, "bucket": NAME, "token": T, "service_id": UUID,
-  "watch": {NAME: PID}}``: ``watch`` names the processes whose CPU time each phase reports.
+  "watch": {NAME: PID}, "queue": URL}``: ``watch`` names the processes whose CPU time each
+  phase reports; ``queue`` is the SQS queue (on the same moto server) of the raw floor's
+  SendMessage.
 * ``{"op": "pass", "variant": NAME, "base_url": URL | null, "size": BYTES, "concurrency": C,
-  "count": N, "download": BOOL, "copies": 1 | 2, "wait_s": S}``: a closed loop of ``N`` uploads
+  "count": N, "download": BOOL, "send": BOOL, "wait_s": S}``: a closed loop of ``N`` uploads
   with ``C`` in flight; for dd-api, a wait (at most ``S``) until every one has its verdict tag;
   then (optionally) a closed loop downloading the same documents. ``base_url`` null means the
   floor: raw aioboto3 PutObject/GetObject of the same bytes (same SSE-C key, content type and
-  tag as dd-api sends) against the same S3 server; ``copies: 2`` also writes, in parallel, the
-  SSE-S3 pending-scan copy dd-api writes beside each document.
+  tag as dd-api sends) against the same S3 server; ``send`` also sends, in parallel, a scan
+  message as dd-api sends one beside each document (SQS SendMessage, encrypted key, delayed).
+* ``{"op": "outage_upload", "base_urls": [URL, ...], "sizes": [[BYTES, N], ...],
+  "concurrency": C}``: the outage cell's uploads, every document's bytes unique, the sizes
+  interleaved, the servers taken in turn; the documents are kept for ``outage_verdicts``.
+* ``{"op": "outage_verdicts", "wait_s": S, "poll_s": P}``: wait (at most ``S``) until every
+  document of the last ``outage_upload`` has a verdict; answer each one's SHA-256, verdict and
+  ``av-timestamp``.
 * ``{"op": "watch", "watch": {NAME: PID}}``: replace the processes watched.
 * ``{"op": "cleanup"}``: empty the bucket.
 * ``{"op": "quit"}``
@@ -31,6 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -46,12 +56,16 @@ import aioboto3
 import aiohttp
 from botocore.config import Config as BotoConfig
 
+from dd_api.queue import MessageCodec, ScanMessage, new_queue_key, parse_queue_key
+
 CHUNK = 64 * 1024
 ERROR_SAMPLES = 5
 POOL = 64
 IN_PROGRESS = "in_progress"
 POLL_S = 0.2
 POLL_BATCH = 8
+# dd-api delays a fast-path scan's message by SCAN_QUEUE_DELAY_SECONDS (default 60)
+MESSAGE_DELAY_S = 60
 
 
 @dataclass
@@ -61,6 +75,7 @@ class Doc:
     key: bytes
     at_201: float  # wall clock
     url: str | None = None  # dd-api download link (None for the raw floor)
+    sha256: str = ""  # of the bytes uploaded (the outage cell's, each unique)
 
 
 @dataclass
@@ -91,21 +106,32 @@ class LoadGen:
         self.http: dict[str, aiohttp.ClientSession] = {}
         self.payloads: dict[int, bytes] = {}
         self.watch: dict[str, int] = {}
+        self.sqs: Any = None
+        self._sqs_context: Any = None
+        self.queue = ""
+        self.codec = MessageCodec([parse_queue_key(new_queue_key())])
+        self.outage_docs: list[Doc] = []
 
     # -- commands -----------------------------------------------------------------------------
 
     async def init(
-        self, s3: str, bucket: str, token: str, service_id: str, watch: dict[str, int]
+        self, s3: str, bucket: str, token: str, service_id: str, watch: dict[str, int], queue: str
     ) -> dict[str, Any]:
         self.bucket, self.token, self.service_id = bucket, token, service_id
         self.watch = watch | {"loadgen": os.getpid()}
+        self.queue = queue
         config = BotoConfig(
             max_pool_connections=POOL, retries={"mode": "standard", "max_attempts": 3}
         )
-        self._s3_context = aioboto3.Session().client(
+        session = aioboto3.Session()
+        self._s3_context = session.client(
             "s3", endpoint_url=s3, region_name="us-east-1", config=config
         )
         self.s3 = await self._s3_context.__aenter__()
+        self._sqs_context = session.client(
+            "sqs", endpoint_url=s3, region_name="us-east-1", config=config
+        )
+        self.sqs = await self._sqs_context.__aenter__()
         return {"pid": os.getpid()}
 
     async def run_pass(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +140,7 @@ class LoadGen:
         base_url = cmd["base_url"]
         docs: list[Doc] = []
         if base_url is None:
-            put = self._raw_put(cmd["variant"], payload, docs, copies=cmd.get("copies", 1))
+            put = self._raw_put(cmd["variant"], payload, docs, send=cmd.get("send", False))
         else:
             put = self._api_put(cmd["variant"], base_url, payload, docs)
         cpu = self.cpu_seconds()
@@ -152,6 +178,43 @@ class LoadGen:
             entry["latencies_s"].append(round(waited, 4))
         return entry
 
+    async def outage_upload(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Uploads of unique bytes, sizes interleaved, to the servers in turn."""
+        # each size's uploads spread evenly over the run: 1,500 + 100 puts a large one every 16
+        schedule = sorted(
+            (index / count, size) for size, count in cmd["sizes"] for index in range(count)
+        )
+        sizes = iter(size for _, size in schedule)
+        servers = itertools.cycle(cmd["base_urls"])
+        self.outage_docs = docs = []
+        puts = {url: self._api_put("outage", url, b"", docs) for url in cmd["base_urls"]}
+
+        async def put(outcome: Outcome) -> None:
+            payload = self.unique_payload(next(sizes))
+            digest = hashlib.sha256(payload).hexdigest()
+            await puts[next(servers)](outcome, payload, digest)
+
+        cpu = self.cpu_seconds()
+        upload = await closed_loop(len(schedule), cmd["concurrency"], put)
+        return {"upload": upload.report(), "cpu_s": {"upload": self.cpu_since(cpu)}}
+
+    async def outage_verdicts(self, wait_s: float, poll_s: float) -> dict[str, Any]:
+        docs = self.outage_docs
+        tags = await self._wait_for_verdicts(docs, wait_s, poll_s)
+        found = []
+        for doc in docs:
+            entry = tags.get(doc.object_key, {})
+            stamp = entry.get("av-timestamp")
+            found.append(
+                {
+                    "sha256": doc.sha256,
+                    "verdict": entry.get("av-status", IN_PROGRESS),
+                    "verdict_at": int(stamp) / 1000 if stamp else None,
+                    "at_201": doc.at_201,
+                }
+            )
+        return {"documents": found}
+
     async def cleanup(self) -> dict[str, Any]:
         """Delete everything (documents, and any helper objects the servers wrote)."""
         paginator = self.s3.get_paginator("list_objects_v2")
@@ -169,16 +232,16 @@ class LoadGen:
 
     def _api_put(
         self, variant: str, base_url: str, payload: bytes, docs: list[Doc]
-    ) -> Callable[[Outcome], Awaitable[None]]:
+    ) -> Callable[..., Awaitable[None]]:
         client = self._client(base_url)
         url = f"{base_url}/services/{self.service_id}/documents"
         headers = {"Authorization": f"Bearer {self.token}"}
         form = {"filename": "bench.pdf", "sending_method": "link"}
 
-        async def put(outcome: Outcome) -> None:
+        async def put(outcome: Outcome, content: bytes = payload, sha256: str = "") -> None:
             data = aiohttp.FormData(form)
             data.add_field(
-                "document", payload, filename="bench.pdf", content_type="application/pdf"
+                "document", content, filename="bench.pdf", content_type="application/pdf"
             )
             started = time.perf_counter()
             async with client.post(url, data=data, headers=headers) as response:
@@ -187,22 +250,22 @@ class LoadGen:
             if response.status != 201:
                 raise Failure(f"upload {response.status}: {answer[:200]!r}")
             outcome.latencies_ms.append((time.perf_counter() - started) * 1000)
-            outcome.nbytes += len(payload)
+            outcome.nbytes += len(content)
             body = json.loads(answer)["document"]
-            docs.append(_doc_from_201(variant, self.service_id, body, at_201))
+            docs.append(_doc_from_201(variant, self.service_id, body, at_201, sha256))
 
         return put
 
     def _raw_put(
-        self, variant: str, payload: bytes, docs: list[Doc], *, copies: int
+        self, variant: str, payload: bytes, docs: list[Doc], *, send: bool
     ) -> Callable[[Outcome], Awaitable[None]]:
-        """PutObject as dd-api sends it; ``copies=2`` adds the pending-scan copy in parallel."""
+        """PutObject as dd-api sends it; ``send`` adds its scan message in parallel."""
 
         async def put(outcome: Outcome) -> None:
             key, object_id = secrets.token_bytes(32), uuid.uuid4()
             writes = [self._put_document(f"raw/{object_id}", payload, key)]
-            if copies == 2:
-                writes.append(self._put_pending_copy(f"raw-pending/{object_id}", payload))
+            if send:
+                writes.append(self._send_message(object_id, len(payload), key))
             started = time.perf_counter()
             await asyncio.gather(*writes)
             outcome.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -223,15 +286,23 @@ class LoadGen:
             SSECustomerAlgorithm="AES256",
         )
 
-    async def _put_pending_copy(self, object_key: str, payload: bytes) -> None:
-        await self.s3.put_object(
-            Bucket=self.bucket,
-            Key=object_key,
-            Body=payload,
-            ContentLength=len(payload),
-            ContentType="application/pdf",
-            Metadata={"filename": "bench.pdf", "mimetype": "application/pdf"},
-            ServerSideEncryption="AES256",
+    async def _send_message(self, object_id: uuid.UUID, size: int, key: bytes) -> None:
+        """The scan message dd-api sends beside a document (its fast-path delay included)."""
+        message = ScanMessage(
+            service_id=uuid.UUID(self.service_id),
+            document_id=object_id,
+            sending_method="link",
+            filename="bench.pdf",
+            mimetype="application/pdf",
+            size=size,
+            trace_id=secrets.token_hex(16),
+            created=time.time(),
+            key=key,
+        )
+        await self.sqs.send_message(
+            QueueUrl=self.queue,
+            MessageBody=self.codec.encode(message),
+            DelaySeconds=MESSAGE_DELAY_S,
         )
 
     # -- downloads ----------------------------------------------------------------------------
@@ -278,7 +349,9 @@ class LoadGen:
 
     # -- verdicts and clean-up ----------------------------------------------------------------
 
-    async def _wait_for_verdicts(self, docs: list[Doc], wait_s: float) -> dict[str, dict[str, str]]:
+    async def _wait_for_verdicts(
+        self, docs: list[Doc], wait_s: float, poll_s: float = POLL_S
+    ) -> dict[str, dict[str, str]]:
         """Poll the tags in upload order, a batch at a time: scans finish roughly in that order,
         so a sweep stops at the first batch with a scan still running, keeping the polling
         light (it runs while the server is still scanning)."""
@@ -288,7 +361,7 @@ class LoadGen:
         while pending and time.monotonic() < give_up_at:
             pending = await self._sweep(pending, found)
             if pending:
-                await asyncio.sleep(POLL_S)
+                await asyncio.sleep(poll_s)
         return found
 
     async def _sweep(self, pending: list[Doc], found: dict[str, dict[str, str]]) -> list[Doc]:
@@ -318,6 +391,12 @@ class LoadGen:
             self.payloads[size] = header + os.urandom(size - len(header))
         return self.payloads[size]
 
+    def unique_payload(self, size: int) -> bytes:
+        """Bytes of ``size`` no other document has (so scan-files counts each one apart)."""
+        payload, header = self.payload(size), b"%PDF-1.4\n"
+        mark = secrets.token_bytes(32)
+        return header + mark + payload[len(header) + len(mark) :]
+
     def _client(self, origin: str) -> aiohttp.ClientSession:
         if origin not in self.http:
             self.http[origin] = aiohttp.ClientSession(
@@ -329,8 +408,9 @@ class LoadGen:
     async def close(self) -> None:
         for client in self.http.values():
             await client.close()
-        if self._s3_context is not None:
-            await self._s3_context.__aexit__(None, None, None)
+        for context in (self._s3_context, self._sqs_context):
+            if context is not None:
+                await context.__aexit__(None, None, None)
 
 
 class Failure(Exception):
@@ -386,12 +466,14 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _doc_from_201(variant: str, service_id: str, body: dict[str, Any], at_201: float) -> Doc:
+def _doc_from_201(
+    variant: str, service_id: str, body: dict[str, Any], at_201: float, sha256: str = ""
+) -> Doc:
     url = body["direct_file_url"]
     encoded = parse_qs(urlsplit(url).query)["key"][0]
     key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     object_key = f"api_link/{service_id}/{body['id']}"
-    return Doc(variant, object_key, key, at_201, url)
+    return Doc(variant, object_key, key, at_201, url, sha256)
 
 
 async def serve() -> None:
@@ -413,10 +495,14 @@ async def dispatch(loadgen: LoadGen, cmd: dict[str, Any]) -> dict[str, Any]:
     op = cmd["op"]
     if op == "init":
         return await loadgen.init(
-            cmd["s3"], cmd["bucket"], cmd["token"], cmd["service_id"], cmd["watch"]
+            cmd["s3"], cmd["bucket"], cmd["token"], cmd["service_id"], cmd["watch"], cmd["queue"]
         )
     if op == "pass":
         return await loadgen.run_pass(cmd)
+    if op == "outage_upload":
+        return await loadgen.outage_upload(cmd)
+    if op == "outage_verdicts":
+        return await loadgen.outage_verdicts(cmd["wait_s"], cmd["poll_s"])
     if op == "watch":
         loadgen.watch = cmd["watch"] | {"loadgen": os.getpid()}
         return {}

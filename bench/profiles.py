@@ -59,13 +59,15 @@ def recording(pid: int, stacks: Path) -> Iterator[None]:
 # writing; a stack matching none counts as "other").
 ACTIVITIES = (
     ("upload: S3 PutObject, document", r"S3Store\.put \("),
-    ("upload: S3 PutObject, pending-scan copy", r"S3Store\.put_pending"),
+    ("upload: SQS SendMessage, scan message", r"SqsQueue\.send|MessageCodec\.encode"),
     ("upload: S3 PutObject bodies (aiohttp writing them)", r"write_bytes|IOBasePayload"),
     ("upload: multipart receive and parse", r"_load_form_data|formparser"),
-    ("upload: the scan's copy (temp file)", r"_spool|copy_for_scan"),
+    ("upload: spooling a large upload (temp file)", r"_spool"),
     ("upload: libmagic", r"mime\.py"),
     ("scan: sending the document to scan-files", r"ScanClient|scanning/client\.py|httpx|httpcore"),
-    ("scan: lease, verdict tags, pending-copy delete", r"claim|write_verdict|delete_pending"),
+    ("scan: reading a queued document back from S3", r"StoreSource"),
+    ("scan: queue receive, visibility, delete", r"consume|SqsQueue|_needs_scan|_retry_later"),
+    ("scan: verdict tags", r"write_verdict"),
     ("download: GetObjectTagging and GetObject", r"_serve|get_tags|S3Store\.get "),
     ("download: streaming the body out", r"_send_response|StoredDocument|iter_chunks"),
     ("other S3 client work", r"aiobotocore|botocore|aiohttp"),

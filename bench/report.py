@@ -7,16 +7,20 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("scan0", "scan2", "patched", "raw", "raw2")
+# raw2 (two PutObjects, the floor of the pending-copy design) is kept to re-render old runs
+VARIANTS = ("scan0", "scan2", "patched", "raw", "rawq", "raw2")
 API_VARIANTS = ("scan0", "scan2", "patched")
+FLOORS = ("raw", "rawq", "raw2")
 LABELS = {
     "scan0": "dd-api, scan 0 s",
     "scan2": "dd-api, scan 2 s",
     "patched": "dd-api, patched",
     "raw": "raw PutObject (floor)",
+    "rawq": "raw PutObject + SendMessage",
     "raw2": "raw 2 x PutObject",
 }
 MB = 1_000_000
+KIB, MIB = 1024, 1024 * 1024
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -133,12 +137,17 @@ def pooled_verdicts(passes: list[dict[str, Any]]) -> dict[str, Any]:
 # -- targets ------------------------------------------------------------------------------------
 
 
-def check_targets(cells: list[dict[str, Any]], burst: dict[str, Any] | None) -> list[dict]:
+def check_targets(
+    cells: list[dict[str, Any]],
+    burst: dict[str, Any] | None,
+    outage: dict[str, Any] | None = None,
+) -> list[dict]:
     checks: list[dict[str, Any]] = []
     for cell in cells:
         checks += _scan_hidden(cell) + _near_floor(cell) + _download_floor(cell)
     checks += _burst(burst)
     checks.append(_no_errors(cells))
+    checks += _outage(outage)
     return checks
 
 
@@ -186,7 +195,7 @@ def _near_floor(cell: dict[str, Any]) -> list[dict[str, Any]]:
     if cell["concurrency"] != 1:
         return []
     checks = []
-    for floor_variant in ("raw", "raw2"):
+    for floor_variant in FLOORS:
         if floor_variant not in cell["variants"]:
             continue
         floor = _summary(cell, floor_variant)["p50_ms"]
@@ -248,6 +257,67 @@ def _burst(burst: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [_check(4, "backlog burst: RSS <= 200 MB, no errors, every verdict", measured, ok)]
 
 
+def outage_bounds(outage: dict[str, Any]) -> dict[str, float]:
+    """What the outage cell's peaks are held to: the scan budgets, plus (for TMPDIR) the
+    uploads being received, which are spooled before anyone decides about their scan."""
+    budgets = outage["budgets"]
+    largest = max(item["size"] for item in outage["uploads"])
+    return {
+        "rss_growth_mb": budgets["SCAN_BACKLOG_MEMORY_BYTES"] / MB,
+        "tmp_bytes": budgets["SCAN_BACKLOG_DISK_BYTES"] + outage["concurrency"] * largest,
+        "held_memory": budgets["SCAN_BACKLOG_MEMORY_BYTES"],
+        "held_disk": budgets["SCAN_BACKLOG_DISK_BYTES"],
+    }
+
+
+def _outage(outage: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if outage is None:
+        return [_check(6, "outage cell", "not run", None)]
+    bounds = outage_bounds(outage)
+    servers = outage["servers"].values()
+    growth = max(s["peak_rss_mb"] - s["rss_after_start_mb"] for s in servers)
+    rss = max(s["peak_rss_mb"] for s in servers)
+    tmp = max(s["peak_tmp_bytes"] for s in servers)
+    held_memory = max(s["peak_held_memory_bytes"] for s in servers)
+    held_disk = max(s["peak_held_disk_bytes"] for s in servers)
+    scans = outage["scans"]
+    errors = outage["verdicts"].get("error", 0)
+    bounded = (
+        growth <= bounds["rss_growth_mb"]
+        and tmp <= bounds["tmp_bytes"]
+        and held_memory <= bounds["held_memory"]
+        and held_disk <= bounds["held_disk"]
+    )
+    correct = (
+        outage["upload"]["errors"] == 0
+        and scans["documents_scanned_more_than_once"] == 0
+        and errors == 0
+        and outage["all_clean"]
+    )
+    return [
+        _check(
+            6,
+            "outage: peak RSS growth <= SCAN_BACKLOG_MEMORY_BYTES, TMPDIR <= "
+            "SCAN_BACKLOG_DISK_BYTES + the uploads in flight, dd_scan_bytes_held within both",
+            f"RSS {rss:.1f} MB at most (+{growth:.1f} MB over the idle server; bound "
+            f"+{bounds['rss_growth_mb']:.1f}); TMPDIR {tmp / MIB:.1f} MiB (bound "
+            f"{bounds['tmp_bytes'] / MIB:.0f}); held {held_memory / MIB:.2f} MiB in memory, "
+            f"{held_disk / MIB:.2f} MiB on disk",
+            bounded,
+        ),
+        _check(
+            6,
+            "outage: no upload errors, no document scanned twice, no `error`, every document clean",
+            f"{outage['upload']['errors']} upload errors, "
+            f"{scans['documents_scanned_more_than_once']} scanned more than once, "
+            f"{errors} `error`, {outage['verdicts'].get('clean', 0)}/{outage['count']} clean; "
+            f"last verdict {_f(outage['last_verdict_after_return_s'])} s after scan-files' "
+            "return",
+            correct,
+        ),
+    ]
+
+
 def _no_errors(cells: list[dict[str, Any]]) -> dict[str, Any]:
     total = 0
     for cell in cells:
@@ -299,6 +369,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         *_burst_lines(result.get("burst")),
         "",
+        *_outage_lines(result.get("outage")),
+        "",
         *_notes(),
     ]
     return "\n".join(lines) + "\n"
@@ -312,7 +384,7 @@ def _machine_lines(meta: dict[str, Any]) -> list[str]:
         f"{machine['kernel']}; load average {machine['load_before']} before, "
         f"{machine['load_after']} after",
         f"- Versions: {versions}",
-        f"- Code: {meta['git']}",
+        f"- Code: {meta['git']}{_fingerprint(meta)}",
         f"- Servers: {meta['servers']}",
         *(
             [
@@ -324,6 +396,28 @@ def _machine_lines(meta: dict[str, Any]) -> list[str]:
         ),
         *([f"- Cores: {meta['cores']}"] if meta.get("cores") else []),
     ]
+
+
+def _fingerprint(meta: dict[str, Any]) -> str:
+    """Which code the servers ran: the checkout is shared, and src/ may change mid-run."""
+    start, end = meta.get("src_sha256"), meta.get("src_sha256_at_end")
+    if start is None:
+        return ""
+    servers = meta.get("server_code")
+    if servers is None:  # runs before the digest was taken per server
+        if start == end:
+            return f"; src/ and compat/ digest {start}, unchanged during the run"
+        return f"; src/ and compat/ digest {start} at the start, {end} at the end"
+    others = {name: code for name, code in servers.items() if code != start}
+    text = f"; src/ and compat/ digest {start}"
+    if not others:
+        text += ", which every dd-api server started from"
+    else:
+        changed = ", ".join(f"{name} {code}" for name, code in others.items())
+        text += f" at the start; **servers started from other code**: {changed}"
+    if end != start and end not in servers.values():
+        text += f" (changed again, to {end}, by the end of the run, after the last server start)"
+    return text
 
 
 def _target_row(check: dict[str, Any]) -> str:
@@ -405,6 +499,116 @@ def _burst_lines(burst: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _outage_lines(outage: dict[str, Any] | None) -> list[str]:
+    if outage is None:
+        return ["## Outage", "", "Not run."]
+    sizes = " + ".join(f"{u['count']} x {_size_label(u['size'])}" for u in outage["uploads"])
+    settings = ", ".join(f"{k}={v}" for k, v in outage["settings"].items()) or "none"
+    timeline, upload, scans = outage["timeline"], outage["upload"], outage["scans"]
+    budgets = outage["budgets"]
+    lines = [
+        "## Outage",
+        "",
+        f"{sizes} (each document's bytes unique) at concurrency {outage['concurrency']} to "
+        f"{outage['instances']} dd-api servers (production command, S3 and one shared SQS queue "
+        f"on moto with a dead-letter queue after {outage.get('max_receives', '-')} receives, a "
+        f"TMPDIR each) while scan-files is not running; it comes back (0 s stand-in) "
+        f"{timeline['down_s']:.1f} s after the first upload, the uploads having been answered "
+        f"after {timeline['uploads_answered_s']:.1f} s. Default SCAN_* settings "
+        f"(SCAN_CONCURRENCY={budgets['SCAN_CONCURRENCY']}, SCAN_BACKLOG_MEMORY_BYTES="
+        f"{budgets['SCAN_BACKLOG_MEMORY_BYTES'] // MIB} MiB, SCAN_BACKLOG_DISK_BYTES="
+        f"{budgets['SCAN_BACKLOG_DISK_BYTES'] // MIB} MiB) except: {settings}.",
+        "",
+        "| server | RSS after start MB | peak RSS MB | peak TMPDIR MiB"
+        " | peak dd_scan_bytes_held memory / disk MiB | scans fast / queue | verdicts"
+        " | failed scan-files attempts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, server in outage["servers"].items():
+        attempts = sum(server["scan_files_errors"].values())
+        lines.append(
+            f"| {name} | {server['rss_after_start_mb']:.1f} | {server['peak_rss_mb']:.1f}"
+            f" | {server['peak_tmp_bytes'] / MIB:.1f}"
+            f" | {server['peak_held_memory_bytes'] / MIB:.2f}"
+            f" / {server['peak_held_disk_bytes'] / MIB:.2f}"
+            f" | {server['scans'].get('fast', 0):.0f} / {server['scans'].get('queue', 0):.0f}"
+            f" | {_counts(server['verdicts'])} | {attempts:.0f} |"
+        )
+    queue = outage["peak_queue"]
+    emptied = timeline["queue_empty_after_return_s"]
+    lines += [
+        "",
+        "| uploads | upload p50 / p99 / max ms | upload errors | verdicts | all clean"
+        " | last verdict after the return s | median s | documents scanned more than once"
+        " | never scanned | scans | queue empty after the return s | peak queue visible"
+        " / in flight / delayed | dead-lettered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {upload['ok']}/{outage['count']} | {_f(upload['p50_ms'])} / {_f(upload['p99_ms'])}"
+        f" / {_f(upload['max_ms'])} | {upload['errors']} | {_counts(outage['verdicts'])}"
+        f" | {'yes' if outage['all_clean'] else '**no**'}"
+        f" | {_f(outage['last_verdict_after_return_s'])}"
+        f" | {_f(outage['median_verdict_after_return_s'])}"
+        f" | {scans['documents_scanned_more_than_once']} | {scans['documents_never_scanned']}"
+        f" | {scans['total']} | {_f(emptied)}"
+        f" | {queue['visible']} / {queue['in_flight']} / {queue['delayed']}"
+        f" | {outage.get('dead_letters', '-')} |",
+        "",
+        f"CPU seconds while scan-files was down / after its return: {_cpu_text(outage['cpu_s'])}."
+        f" Other CPU (processes outside the benchmark) during the cell: "
+        f"{_f(outage.get('other_cpu_pct'), 0)} % of all cores.",
+        "",
+        *_outage_trace(outage["trace"]),
+    ]
+    return lines
+
+
+def _cpu_text(cpu: dict[str, dict[str, float]]) -> str:
+    names = list(cpu.get("down", {}))
+    return ", ".join(
+        f"{'moto' if name == 's3' else name} {cpu['down'][name]:.1f} / {cpu['back'][name]:.1f}"
+        for name in names
+    )
+
+
+def _counts(counts: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.0f}" for name, value in sorted(counts.items())) or "-"
+
+
+def _outage_trace(trace: list[dict[str, Any]], rows: int = 24) -> list[str]:
+    """Every n-th sample, so the table has about ``rows`` rows."""
+    if not trace:
+        return []
+    step = max(1, len(trace) // rows)
+    lines = [
+        "Over time (s from the first upload; per server):",
+        "",
+        "| s | RSS MB | TMPDIR MiB | held memory / disk KiB | slots busy | scans written"
+        " | queue visible / in flight / delayed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    chosen = trace[::step]
+    if chosen[-1] is not trace[-1]:
+        chosen.append(trace[-1])
+    for row in chosen:
+
+        def joined(key: str, row: dict[str, Any] = row) -> str:
+            return ", ".join("-" if v is None else f"{v:g}" for v in row.get(key, []))
+
+        held = " ; ".join(
+            f"{m:g} / {d:g}"
+            for m, d in zip(
+                row.get("held_memory_kib", []), row.get("held_disk_kib", []), strict=True
+            )
+        )
+        queue = row.get("queue")
+        depth = f"{queue['visible']} / {queue['in_flight']} / {queue['delayed']}" if queue else "-"
+        lines.append(
+            f"| {row['t']:.0f} | {joined('rss_mb')} | {joined('tmp_mib')} | {held or '-'}"
+            f" | {joined('slots_busy')} | {joined('scans')} | {depth} |"
+        )
+    return lines
+
+
 def _notes() -> list[str]:
     return [
         "## Notes",
@@ -424,8 +628,15 @@ def _notes() -> list[str]:
         " upload phase; with the 0 s stand-in each scan runs beside the next upload.",
         "- The load generator sends every request, to dd-api and to S3, with aiohttp (aioboto3"
         " runs on it), so both sides of each comparison pay the same client cost.",
-        "- raw 2 x PutObject writes the document and, in parallel, a second copy of the same"
-        " bytes, as dd-api's upload does for its pending-scan copy: the floor for that design.",
+        "- raw PutObject + SendMessage writes the document and, in parallel, sends a scan"
+        " message (SQS, on the same moto server) as dd-api's upload does: the floor for the"
+        " queue design. Its messages are delayed 60 s, as dd-api's fast-path messages are, and"
+        " nobody receives them.",
+        "- Each dd-api server of the cells has a scan queue of its own; a fast-path scan's"
+        " message comes back 60 s after its upload (SCAN_QUEUE_DELAY_SECONDS) and is deleted"
+        " unread, which costs a receive, a GetObjectTagging and a delete on moto, during"
+        " whichever pass runs then. At the end of each cell the queues are purged before the"
+        " bucket is emptied, so no message outlives its document.",
         "- The machine is shared and noisy: read the [min-max] ranges before reading small"
         " differences.",
     ]
@@ -447,7 +658,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in argv if argv is not None else sys.argv[1:]:
         path = Path(name)
         result = json.loads(path.read_text())
-        result["targets"] = check_targets(result["cells"], result.get("burst"))
+        result["targets"] = check_targets(
+            result["cells"], result.get("burst"), result.get("outage")
+        )
         write(result, path.parent, path.stem)
         print(f"rewrote {path.with_suffix('.md')}")
 

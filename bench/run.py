@@ -1,16 +1,18 @@
 """Benchmark orchestration: start the servers on 127.0.0.1, drive bench/loadgen.py, report.
 
-    .venv/bin/python -m bench.run            # full run (a few minutes), writes bench/results/
-    .venv/bin/python -m bench.run --quick    # smoke run (< 1 min), writes bench/results/quick/
+    .venv/bin/python -m bench.run            # full run (about 10 minutes), writes bench/results/
+    .venv/bin/python -m bench.run --quick    # smoke run (about 1 min), writes bench/results/quick/
 
-Processes: one moto S3 server, two scan-files stand-ins (delay 0 s and 2 s), two dd-api
-servers run with the production command (one per stand-in), and the load generator. The
-backlog burst then runs on a fresh dd-api process. See bench/README.md.
+Processes: one moto server (S3 and SQS), two scan-files stand-ins (delay 0 s and 2 s), two
+dd-api servers run with the production command (one per stand-in, each with its own scan
+queue), and the load generator. The backlog burst then runs on a fresh dd-api process, and the
+outage cell on two more sharing one queue (bench/outage.py). See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -34,7 +36,9 @@ from typing import IO, Any
 import boto3
 import httpx
 
-from bench import profiles, report
+from bench import outage, profiles, report
+from bench.procfs import busy_ticks, peak_rss_mb, process_ticks, reset_peak_rss, rss_mb
+from dd_api.queue import new_queue_key
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,6 +47,7 @@ KIB, MIB = 1024, 1024 * 1024
 TOKEN = "bench-token"  # a throwaway token for the local servers
 SCAN_KEY = "bench-scan-key"
 SERVICE_ID = "00000000-0000-0000-0000-000000000000"
+RAW_QUEUE = "dd-bench-raw"  # the SendMessage of the raw floor's second variant
 # The cells scan 16 at a time (more background work beside the uploads than the default 4,
 # and a 2 s backlog that drains within the run); the burst uses the default, 4, as specified.
 CELL_SCAN_CONCURRENCY = 16
@@ -75,6 +80,7 @@ class Plan:
     burst_uploads: int
     warm_up_sizes: list[int]
     warm_up_count: int
+    outage: outage.Outage
     burst_size: int = 5 * MIB
     burst_concurrency: int = 16
 
@@ -83,10 +89,11 @@ def plan(quick: bool, passes: int | None) -> Plan:
     if quick:
         # every code path, too few requests to mean anything
         counts = {(10 * KIB, 1): 4, (10 * KIB, 16): 8, (10 * MIB, 1): 2, (10 * MIB, 16): 4}
-        return Plan("quick", passes or 2, _cells(counts), 8, [10 * KIB], 2)
+        return Plan("quick", passes or 2, _cells(counts), 8, [10 * KIB], 2, outage.QUICK)
     counts = {(10 * KIB, 1): 40, (10 * KIB, 16): 64, (MIB, 1): 30, (MIB, 16): 48}
     counts |= {(10 * MIB, 1): 16, (10 * MIB, 16): 32}
-    return Plan("full", passes or 4, _cells(counts), 100, [10 * KIB, MIB, 10 * MIB], 4)
+    sizes = [10 * KIB, MIB, 10 * MIB]
+    return Plan("full", passes or 4, _cells(counts), 100, sizes, 4, outage.FULL)
 
 
 def _cells(counts: dict[tuple[int, int], int]) -> tuple[Cell, ...]:
@@ -183,10 +190,14 @@ class Servers:
 
     def __init__(self, work: Path, stack: ExitStack, cores: Cores | None = None) -> None:
         self.work, self.stack, self.cores = work, stack, cores or Cores()
-        self.s3 = ""
+        self.s3 = ""  # moto's endpoint: S3 and SQS
         self.bucket = "dd-bench"
         self.scanners: dict[float, str] = {}
         self.procs: list[Proc] = []
+        self.queues: dict[str, str] = {}  # name: URL
+        self.queue_key = new_queue_key()  # every dd-api here encrypts its messages with it
+        self.code: dict[str, str] = {}  # the src/ digest each dd-api server started from
+        self._sqs: Any = None
 
     def _start(
         self, name: str, argv: list[str], env: dict[str, str] | None = None, *, api: bool = False
@@ -199,11 +210,40 @@ class Servers:
 
     def start_s3(self) -> Proc:
         port = free_port()
-        proc = self._start("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)])
+        argv = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        # the queues are purged after every cell: more often than SQS's one purge a minute
+        env = base_env() | {"MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR": "false"}
+        proc = self._start("moto", argv, env)
         self.s3 = f"http://127.0.0.1:{port}"
         proc.wait_ready(self.s3)
         boto3.client("s3", endpoint_url=self.s3, **_boto_args()).create_bucket(Bucket=self.bucket)
+        self._sqs = boto3.client("sqs", endpoint_url=self.s3, **_boto_args())
         return proc
+
+    def create_queue(self, name: str, *, max_receives: int | None = None) -> str:
+        """An SQS queue on the moto server; its URL. With ``max_receives``, a message received
+        that many times goes to the queue ``<name>-dlq`` (a redrive policy, as in production)."""
+        attributes = {}
+        if max_receives is not None:
+            dlq = self.create_queue(f"{name}-dlq")
+            arn = self._sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
+            policy = {"deadLetterTargetArn": arn["Attributes"]["QueueArn"]}
+            policy["maxReceiveCount"] = str(max_receives)
+            attributes["RedrivePolicy"] = json.dumps(policy)
+        url = self._sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        self.queues[name] = url
+        return url
+
+    def queue_depth(self, url: str) -> dict[str, int]:
+        answer = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(QUEUE_DEPTH))
+        attributes = answer["Attributes"]
+        return {state: int(attributes.get(name, 0)) for name, state in QUEUE_DEPTH.items()}
+
+    def purge_queues(self) -> None:
+        """Drop the messages left in every queue: the delayed messages of fast-path scans that
+        are over, whose documents the clean-up is about to delete."""
+        for url in self.queues.values():
+            self._sqs.purge_queue(QueueUrl=url)
 
     def start_scanner(self, delay: float) -> Proc:
         port = free_port()
@@ -214,18 +254,35 @@ class Servers:
         proc.wait_ready(f"{self.scanners[delay]}/healthcheck")
         return proc
 
+    def start_counting_scanner(self, name: str, port: int, counts: Path) -> Proc:
+        """A 0 s stand-in on ``port`` that writes its scans by SHA-256 to ``counts`` when it
+        stops (bench/standin.py)."""
+        argv = [sys.executable, "-m", "bench.standin", "--port", str(port)]
+        argv += ["--api-key", SCAN_KEY, "--counts", str(counts)]
+        proc = self._start(name, argv)
+        proc.wait_ready(f"http://127.0.0.1:{port}/healthcheck")
+        return proc
+
+    def tmp_dir(self, name: str) -> Path:
+        """The TMPDIR of the dd-api server ``name``."""
+        return self.work / f"{name}-tmp"
+
     def start_api(
         self,
         name: str,
         scan_delay: float,
-        scan_concurrency: int,
+        scan_concurrency: int | None,
         *,
         app: str = "dd_api.asgi:app",
         env: dict[str, str] | None = None,
+        queue: str | None = None,
+        scan_url: str | None = None,
     ) -> tuple[Proc, str]:
-        """dd-api exactly as in production, bound to a loopback port."""
+        """dd-api exactly as in production, bound to a loopback port: its scan queue is
+        ``queue`` (a URL), by default one of its own; it scans with the stand-in of that
+        delay, or at ``scan_url``; ``scan_concurrency`` None keeps the default."""
         port = free_port()
-        tmp = self.work / f"{name}-tmp"
+        tmp = self.tmp_dir(name)
         tmp.mkdir()
         env = (
             base_env()
@@ -235,18 +292,30 @@ class Servers:
                 "DOCUMENT_STORE": "s3",
                 "DOCUMENTS_BUCKET": self.bucket,
                 "AWS_ENDPOINT_URL_S3": self.s3,
+                "AWS_ENDPOINT_URL_SQS": self.s3,
+                "SCAN_QUEUE_URL": queue or self.create_queue(name),
+                "SCAN_QUEUE_KEY": self.queue_key,
                 "AUTH_TOKENS": TOKEN,
-                "ANTIVIRUS_API_HOST": self.scanners[scan_delay],
+                "ANTIVIRUS_API_HOST": scan_url or self.scanners[scan_delay],
                 "ANTIVIRUS_API_KEY": SCAN_KEY,
-                "SCAN_CONCURRENCY": str(scan_concurrency),
-                "TMPDIR": str(tmp),  # the scan copies of large uploads land here
+                "TMPDIR": str(tmp),  # large uploads are spooled here
             }
         )
+        if scan_concurrency is not None:
+            env["SCAN_CONCURRENCY"] = str(scan_concurrency)
         argv = [str(BIN / "hypercorn"), "-c", "hypercorn.toml", app]
+        self.code[name] = src_fingerprint()  # what it loads as it starts
         proc = self._start(name, [*argv, "--bind", f"127.0.0.1:{port}"], env, api=True)
         url = f"http://127.0.0.1:{port}"
         proc.wait_ready(f"{url}/_status")
         return proc, url
+
+
+QUEUE_DEPTH = {
+    "ApproximateNumberOfMessages": "visible",
+    "ApproximateNumberOfMessagesNotVisible": "in_flight",
+    "ApproximateNumberOfMessagesDelayed": "delayed",
+}
 
 
 def _boto_args() -> dict[str, str]:
@@ -307,29 +376,6 @@ class LoadGen:
         stdin.flush()
 
 
-# -- memory -------------------------------------------------------------------------------------
-
-
-def reset_peak_rss(pid: int) -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM to the current RSS."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} for {pid}")
-
-
-def peak_rss_mb(pid: int) -> float:
-    return _status_kib(pid, "VmHWM") * 1024 / report.MB
-
-
-def rss_mb(pid: int) -> float:
-    return _status_kib(pid, "VmRSS") * 1024 / report.MB
-
-
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -350,20 +396,20 @@ class Target:
     """Where a variant's uploads go, and which processes' CPU time it is charged."""
 
     variant: str
-    url: str | None  # None: raw S3 from the load generator
-    copies: int = 1
+    url: str | None  # None: raw S3 (and SQS) from the load generator
+    send: bool = False  # raw: also SendMessage a scan message, in parallel with the PutObject
     download: bool = True
 
 
 def targets(apis: list[Api]) -> list[Target]:
     found = [Target(api.variant, api.url) for api in apis]
-    return [*found, Target("raw", None), Target("raw2", None, copies=2, download=False)]
+    return [*found, Target("raw", None), Target("rawq", None, send=True, download=False)]
 
 
 def run_pass(loadgen: LoadGen, target: Target, **load: Any) -> dict[str, Any]:
     others = OtherLoad(loadgen.pids())
     answer = loadgen.ask(
-        op="pass", variant=target.variant, base_url=target.url, copies=target.copies,
+        op="pass", variant=target.variant, base_url=target.url, send=target.send,
         download=target.download, wait_s=drain_wait(load["count"], CELL_SCAN_CONCURRENCY),
         **load,
     )  # fmt: skip
@@ -379,31 +425,22 @@ class OtherLoad:
     def __init__(self, ours: list[int]) -> None:
         self.ours = ours
         self.started = time.monotonic()
-        self.busy, self.own = _busy_ticks(), self._own_ticks()
+        self.busy, self.own = busy_ticks(), self._own_ticks()
 
     def _own_ticks(self) -> float:
-        return sum(_process_ticks(pid) for pid in self.ours)
+        return sum(process_ticks(pid) for pid in self.ours)
 
     def percent(self) -> float:
         wall = time.monotonic() - self.started
-        others = (_busy_ticks() - self.busy) - (self._own_ticks() - self.own)
+        others = (busy_ticks() - self.busy) - (self._own_ticks() - self.own)
         capacity = wall * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
         return max(0.0, 100 * others / capacity) if capacity else 0.0
 
 
-def _busy_ticks() -> float:
-    """Machine-wide busy time: user, nice, system, irq, softirq and steal from /proc/stat."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return user + nice + system + irq + softirq + steal
-
-
-def _process_ticks(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:  # stopped (the burst's predecessors)
-        return 0.0
-    return int(fields[11]) + int(fields[12])
+def cleanup(loadgen: LoadGen) -> None:
+    """Empty the queues (the delayed messages of scans that are over), then the bucket."""
+    loadgen.servers.purge_queues()
+    loadgen.ask(op="cleanup")
 
 
 def warm_up(loadgen: LoadGen, all_targets: list[Target], sizes: list[int], count: int) -> None:
@@ -411,7 +448,7 @@ def warm_up(loadgen: LoadGen, all_targets: list[Target], sizes: list[int], count
     for size in sizes:
         for target in all_targets:
             run_pass(loadgen, target, size=size, concurrency=count, count=count)
-    loadgen.ask(op="cleanup")
+    cleanup(loadgen)
 
 
 def run_cell(
@@ -426,7 +463,7 @@ def run_cell(
             per_pass[target.variant].append(run_pass(loadgen, target, **load))
         print(f"  {cell.label} pass {number + 1}/{passes}: {_brief(per_pass)}", flush=True)
     result = _cell_result(cell, passes, apis, per_pass)
-    loadgen.ask(op="cleanup")
+    cleanup(loadgen)
     return result
 
 
@@ -478,7 +515,9 @@ def run_burst(loadgen: LoadGen, servers: Servers, plan: Plan, s3_pid: int) -> di
         wait_s=drain_wait(plan.burst_uploads, BURST_SCAN_CONCURRENCY),
     )  # fmt: skip
     drained = time.monotonic() - started
-    loadgen.ask(op="cleanup")
+    peak = peak_rss_mb(proc.pid)
+    proc.stop()  # free the CPU for what follows
+    cleanup(loadgen)
     upload = report.pass_stats(answer, server="burst")
     return {
         "uploads": plan.burst_uploads,
@@ -489,7 +528,7 @@ def run_burst(loadgen: LoadGen, servers: Servers, plan: Plan, s3_pid: int) -> di
         "upload": upload,
         "errors": upload["upload_errors"],
         "verdicts": report.pooled_verdicts([upload]),
-        "peak_rss_mb": peak_rss_mb(proc.pid),
+        "peak_rss_mb": peak,
         "rss_before_mb": before,
         "drained_after_s": drained,
     }
@@ -533,6 +572,18 @@ def versions() -> dict[str, str]:
     return found
 
 
+def src_fingerprint() -> str:
+    """A digest of the code the servers run (src/ and compat/): the checkout is shared, and a
+    change in the middle of a run would otherwise go unnoticed."""
+    digest = hashlib.sha256()
+    for folder in ("src", "compat"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(ROOT)).encode() + b"\0")
+                digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def git_state() -> str:
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
@@ -550,12 +601,16 @@ def git_state() -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run, under a minute")
+    parser.add_argument("--quick", action="store_true", help="smoke run, about a minute")
     parser.add_argument("--passes", type=int, help="passes per cell (default 4, quick 2)")
     parser.add_argument(
         "--only", help="run only the cells matching one of these, e.g. '10 MiB c1,c16'"
     )
     parser.add_argument("--no-burst", action="store_true", help="skip the backlog burst")
+    parser.add_argument("--no-outage", action="store_true", help="skip the outage cell")
+    parser.add_argument(
+        "--outage-only", action="store_true", help="run the outage cell alone (no cells, no burst)"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -591,7 +646,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     the_plan = plan(args.quick, args.passes)
-    if args.only:
+    if args.outage_only:
+        args.no_burst, args.no_outage = True, False
+        the_plan = replace(the_plan, cells=(), mode=f"{the_plan.mode} (outage cell only)")
+    elif args.only:
         cells = tuple(cell for cell in the_plan.cells if selected(cell, args.only))
         the_plan = replace(the_plan, cells=cells, mode=f"{the_plan.mode} (partial)")
     signal.signal(signal.SIGTERM, _interrupt)  # so the servers are stopped on the way out
@@ -600,7 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     with workdir(args.keep_logs) as work:
         cores = Cores.split() if args.split_cores else Cores()
         options = Options(
-            args.no_burst, args.patches, args.py_spy, out, cores, args.patched_scan_delay
+            args.no_burst,
+            args.patches,
+            args.py_spy,
+            out,
+            cores,
+            args.patched_scan_delay,
+            skip_outage=args.no_outage,
         )
         result = execute(the_plan, work, command, options)
     json_path, md_path = report.write(result, out, "results")
@@ -620,7 +684,9 @@ def default_out(args: argparse.Namespace) -> Path:
     """Only a complete default run lands in bench/results/ itself (the committed one)."""
     if args.quick:
         return RESULTS / "quick"
-    if args.only or args.no_burst or args.patches or args.split_cores:
+    if args.only or args.no_burst or args.no_outage or args.outage_only:
+        return RESULTS / "partial"
+    if args.patches or args.split_cores:
         return RESULTS / "partial"
     return RESULTS
 
@@ -651,12 +717,14 @@ class Options:
     out: Path
     cores: Cores
     patched_scan_delay: float = 0.0
+    skip_outage: bool = False
 
 
 def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[str, Any]:
     patches = options.patches
     started_at, started, load_before = datetime.now(UTC), time.monotonic(), _load()
     code = git_state()  # what the servers are started from
+    fingerprint = src_fingerprint()
     pin(os.getpid(), options.cores.rest)
     with ExitStack() as stack:
         servers = Servers(work, stack, options.cores)
@@ -672,20 +740,27 @@ def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[
             apis.append(Api("patched", *patched))
         loadgen = LoadGen(work, stack, servers)
         watch = {api.variant: api.proc.pid for api in apis} | {"s3": s3.pid}
+        raw_queue = servers.create_queue(RAW_QUEUE)
         loadgen.ask(op="init", s3=servers.s3, bucket=servers.bucket, token=TOKEN,
-                    service_id=SERVICE_ID, watch=watch)  # fmt: skip
+                    service_id=SERVICE_ID, watch=watch, queue=raw_queue)  # fmt: skip
         all_targets = targets(apis)
-        print(f"servers up in {time.monotonic() - started:.1f} s; warming up", flush=True)
-        warm_up(loadgen, all_targets, the_plan.warm_up_sizes, the_plan.warm_up_count)
-        baseline = {api.variant: rss_mb(api.proc.pid) for api in apis}
+        baseline = {}
         cells = []
+        if the_plan.cells:
+            print(f"servers up in {time.monotonic() - started:.1f} s; warming up", flush=True)
+            warm_up(loadgen, all_targets, the_plan.warm_up_sizes, the_plan.warm_up_count)
+            baseline = {api.variant: rss_mb(api.proc.pid) for api in apis}
         for cell in the_plan.cells:
             with profiled(apis, s3, cell, options):
                 cells.append(run_cell(loadgen, apis, all_targets, cell, the_plan.passes))
         print(f"cells done after {time.monotonic() - started:.0f} s", flush=True)
-        for api in apis:  # free the CPU for the burst
+        for api in apis:  # free the CPU for the burst and the outage cell
             api.proc.stop()
         burst = None if options.skip_burst else run_burst(loadgen, servers, the_plan, s3.pid)
+        outage_cell = None
+        if not options.skip_outage:
+            outage_cell = outage.run(loadgen, servers, the_plan.outage, s3.pid)
+            print(f"outage cell done after {time.monotonic() - started:.0f} s", flush=True)
     meta = {
         "started": started_at.strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
@@ -695,13 +770,16 @@ def execute(the_plan: Plan, work: Path, command: str, options: Options) -> dict[
         "machine": machine(load_before),
         "versions": versions(),
         "git": code,
+        "src_sha256": fingerprint,
+        "src_sha256_at_end": src_fingerprint(),
+        "server_code": servers.code,
         "servers": _servers_note(baseline),
         "patches": patches,
         "patched_scan_delay_s": options.patched_scan_delay,
         "cores": options.cores.describe(),
     }
-    result = {"meta": meta, "cells": cells, "burst": burst}
-    result["targets"] = report.check_targets(cells, burst)
+    result = {"meta": meta, "cells": cells, "burst": burst, "outage": outage_cell}
+    result["targets"] = report.check_targets(cells, burst, outage_cell)
     return result
 
 
@@ -738,11 +816,12 @@ def start_patched(servers: Servers, patches: str, scan_delay: float) -> tuple[Pr
 
 
 def _servers_note(baseline: dict[str, float]) -> str:
-    rss = ", ".join(f"{name} {value:.0f} MB" for name, value in baseline.items())
+    rss = ", ".join(f"{name} {value:.0f} MB" for name, value in baseline.items()) or "-"
     return (
-        "moto_server (S3), tests/support/scanfiles.py stand-ins (0 s and 2 s), dd-api via "
+        "moto_server (S3 and SQS), tests/support/scanfiles.py stand-ins (0 s and 2 s), dd-api via "
         f"`hypercorn -c hypercorn.toml dd_api.asgi:app --bind 127.0.0.1:<port>` with "
-        f"DOCUMENT_STORE=s3, NOTIFY_ENVIRONMENT=production, "
+        f"DOCUMENT_STORE=s3, NOTIFY_ENVIRONMENT=production, a scan queue of its own on moto "
+        f"(SCAN_QUEUE_URL, SCAN_QUEUE_KEY, AWS_ENDPOINT_URL_SQS), "
         f"SCAN_CONCURRENCY={CELL_SCAN_CONCURRENCY} in the cells; "
         f"RSS after warm-up: {rss}"
     )
