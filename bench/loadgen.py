@@ -186,7 +186,8 @@ class LoadGen:
         )
         sizes = iter(size for _, size in schedule)
         servers = itertools.cycle(cmd["base_urls"])
-        self.outage_docs = docs = []
+        docs: list[Doc] = []
+        self.outage_docs = docs
         puts = {url: self._api_put("outage", url, b"", docs) for url in cmd["base_urls"]}
 
         async def put(outcome: Outcome) -> None:

@@ -141,7 +141,7 @@ def check_targets(
     cells: list[dict[str, Any]],
     burst: dict[str, Any] | None,
     outage: dict[str, Any] | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
     for cell in cells:
         checks += _scan_hidden(cell) + _near_floor(cell) + _download_floor(cell)
@@ -156,7 +156,8 @@ def _check(target: int | str, what: str, measured: str, ok: bool | None) -> dict
 
 
 def _summary(cell: dict[str, Any], variant: str) -> dict[str, Any]:
-    return cell["variants"][variant]["summary"]
+    summary: dict[str, Any] = cell["variants"][variant]["summary"]
+    return summary
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -39,6 +39,7 @@ import httpx
 from bench import outage, profiles, report
 from bench.procfs import busy_ticks, peak_rss_mb, process_ticks, reset_peak_rss, rss_mb
 from dd_api.queue import new_queue_key
+from tests.helpers import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -133,13 +134,7 @@ class Proc:
         raise RuntimeError(f"{self.name} did not answer {url} within {timeout} s")
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, 30)
 
 
 def pin(pid: int, cpus: set[int] | None) -> None:
@@ -177,7 +172,8 @@ def _cpus(cpus: set[int]) -> str:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def base_env() -> dict[str, str]:
@@ -230,7 +226,7 @@ class Servers:
             policy = {"deadLetterTargetArn": arn["Attributes"]["QueueArn"]}
             policy["maxReceiveCount"] = str(max_receives)
             attributes["RedrivePolicy"] = json.dumps(policy)
-        url = self._sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        url: str = self._sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
         self.queues[name] = url
         return url
 
@@ -352,7 +348,8 @@ class LoadGen:
         line = stdout.readline()
         if not line:
             raise RuntimeError(f"load generator exited ({self.popen.poll()}); see loadgen.log")
-        return json.loads(line)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
     def pids(self) -> list[int]:
         """The benchmark's own processes: this one, the load generator, the servers."""

@@ -21,6 +21,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +31,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.run import RESULTS, SERVICE_ID, TOKEN, Servers, rss_mb
+from bench.procfs import rss_mb
+from bench.run import RESULTS, SERVICE_ID, TOKEN, Servers
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CONCURRENCY = 32
@@ -54,7 +56,7 @@ class Soak:
     samples: list[Sample] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
-    async def call(self, op: str, request: Any) -> httpx.Response | None:
+    async def call(self, op: str, request: Awaitable[httpx.Response]) -> httpx.Response | None:
         begun = time.monotonic()
         try:
             response = await request

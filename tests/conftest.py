@@ -23,6 +23,7 @@ from tests.helpers import (
     new_bucket,
     production_command,
     running,
+    stop_process,
     wait_for_http,
 )
 
@@ -51,12 +52,9 @@ def server_process() -> Iterator[Callable[..., str]]:
 
     yield start
     for process in processes:
-        process.terminate()
+        process.terminate()  # all at once: each may take a moment to exit
     for process in processes:
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, 10)
 
 
 @pytest.fixture(scope="session")

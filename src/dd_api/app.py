@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import fields
+from typing import cast
 
 import dd_compat
 import httpx
@@ -20,8 +21,10 @@ from .converters import Base64UUIDConverter
 from .metrics import Metrics
 from .queue import LocalQueue, MessageCodec, QueueError, ScanQueue, SqsQueue
 from .queue.local import LOCAL_QUEUE_FILE, local_queue_key
-from .runtime import Runtime
+from .runtime import Runtime, Started
+from .scanning.clamd import ClamdClient, ClamdError
 from .scanning.client import ScanClient
+from .scanning.engine import ScanEngine
 from .scanning.s3_route import S3Route
 from .scanning.scanner import Scanner
 from .spooling import SpoolingRequest
@@ -72,23 +75,16 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
         stack.push_async_callback(runtime.store.close)
         await runtime.queue.open()
         stack.push_async_callback(runtime.queue.close)
-        runtime.codec = MessageCodec(settings.SCAN_QUEUE_KEYS or await _local_queue_key(settings))
+        codec = MessageCodec(settings.SCAN_QUEUE_KEYS or await _local_queue_key(settings))
         http = await stack.enter_async_context(
             httpx.AsyncClient(limits=httpx.Limits(max_connections=settings.SCAN_CONCURRENCY * 2))
         )
-        client = ScanClient(
-            http,
-            host=settings.ANTIVIRUS_API_HOST,
-            api_key=settings.ANTIVIRUS_API_KEY,
-            attempt_timeout=settings.SCAN_ATTEMPT_TIMEOUT_SECONDS,
-            on_failure=lambda kind: metrics.scan_errors.labels(kind).inc(),
-        )
-        runtime.scan_client = client
+        engine = await _engine(settings, http, metrics)
         scanner = Scanner(
-            client,
+            engine,
             runtime.store,
             runtime.queue,
-            runtime.codec,
+            codec,
             concurrency=settings.SCAN_CONCURRENCY,
             memory_bytes=settings.SCAN_BACKLOG_MEMORY_BYTES,
             disk_bytes=settings.SCAN_BACKLOG_DISK_BYTES,
@@ -98,15 +94,15 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
             retry_max=settings.SCAN_RETRY_MAX_SECONDS,
             max_age=settings.PENDING_SCAN_MAX_AGE_SECONDS,
             on_finished=metrics.scan_finished,
-            s3_route=_s3_route(settings, client, runtime.store),
+            s3_route=_s3_route(settings, engine, runtime.store),
         )
         metrics.watch(scanner)
-        runtime.scanner = scanner
+        runtime.started = Started(codec=codec, engine=engine, scanner=scanner)
         # Stops receiving as soon as shutdown starts; scans it started are background
         # tasks, which Quart lets finish (or cancels) before after_serving.
-        consuming = asyncio.create_task(
-            scanner.consume(app.shutdown_event, app.add_background_task)
-        )
+        # Quart's typing names only is_set/set, but its event_class is asyncio.Event.
+        shutting_down = cast(asyncio.Event, app.shutdown_event)
+        consuming = asyncio.create_task(scanner.consume(shutting_down, app.add_background_task))
         stack.push_async_callback(_stop, consuming)
         polling = asyncio.create_task(_poll_depth(runtime))
         stack.push_async_callback(_stop, polling)
@@ -155,8 +151,38 @@ def _configure(app: Quart, settings: Settings) -> None:
     app.config["BODY_TIMEOUT"] = settings.BODY_TIMEOUT_SECONDS
 
 
-def _s3_route(settings: Settings, client: ScanClient, store: DocumentStore) -> S3Route | None:
-    if not settings.scan_files_s3_route or not isinstance(store, S3Store):
+async def _engine(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> ScanEngine:
+    def count(kind: str) -> None:
+        metrics.scan_errors.labels(kind).inc()
+
+    if settings.SCANNER == "clamd":
+        clamd = ClamdClient(
+            settings.CLAMD_ADDRESS,
+            attempt_timeout=settings.SCAN_ATTEMPT_TIMEOUT_SECONDS,
+            on_failure=count,
+        )
+        try:
+            async with asyncio.timeout(5):
+                await clamd.version()  # read once, for the av-scanner tag
+        except (OSError, TimeoutError, ClamdError) as error:
+            # scans retry until clamd answers; the tag names it "clamd" meanwhile
+            log.warning("clamd at %s not answering yet (%s)", settings.CLAMD_ADDRESS, error)
+        log.info("Scanning with %s at %s", clamd.scanner_name, settings.CLAMD_ADDRESS)
+        return clamd
+    log.info("Scanning with scan-files at %s", settings.ANTIVIRUS_API_HOST)
+    return ScanClient(
+        http,
+        host=settings.ANTIVIRUS_API_HOST,
+        api_key=settings.ANTIVIRUS_API_KEY,
+        attempt_timeout=settings.SCAN_ATTEMPT_TIMEOUT_SECONDS,
+        on_failure=count,
+    )
+
+
+def _s3_route(settings: Settings, engine: ScanEngine, store: DocumentStore) -> S3Route | None:
+    # scan-files' own route for what its Lambda cannot receive; clamd has no such cap
+    client = engine if isinstance(engine, ScanClient) else None
+    if client is None or not settings.scan_files_s3_route or not isinstance(store, S3Store):
         return None
     return S3Route(
         client,

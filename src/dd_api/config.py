@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypedDict
 from uuid import UUID
 
 from .queue.message import parse_queue_key
@@ -59,6 +60,11 @@ _ACCOUNT = re.compile(r"\d{12}")
 _SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}")
 
 
+SCANNERS = ("scan-files", "clamd")
+# where Debian's clamav-daemon listens
+DEBIAN_CLAMD_SOCKET = "/var/run/clamav/clamd.ctl"
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -78,6 +84,8 @@ class Settings:
     BACKEND_HOSTNAME: str = "localhost:7000"
     NOTIFY_APP_NAME: str = "Name"
     NOTIFY_LOG_LEVEL: str = "INFO"
+    SCANNER: str = "scan-files"
+    CLAMD_ADDRESS: str = DEBIAN_CLAMD_SOCKET
     ANTIVIRUS_API_HOST: str = "http://localhost:6016"
     ANTIVIRUS_API_KEY: str = ""
     # scan-files runs behind a Lambda function URL, whose invocation payload is capped at
@@ -177,6 +185,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         NOTIFY_LOG_LEVEL=_choice(
             env, "NOTIFY_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO"
         ),
+        SCANNER=_scanner(env, in_dev),
+        CLAMD_ADDRESS=_nonempty(env, "CLAMD_ADDRESS", DEBIAN_CLAMD_SOCKET),
         ANTIVIRUS_API_HOST=_url(env, "ANTIVIRUS_API_HOST", "http://localhost:6016"),
         # a trailing newline from a secrets file would make every scan a 401
         ANTIVIRUS_API_KEY=env.get("ANTIVIRUS_API_KEY", "").strip(),
@@ -281,7 +291,23 @@ def _float(
     return value
 
 
-def _scan_files_s3_route(env: Mapping[str, str]) -> dict[str, str]:
+def _scanner(env: Mapping[str, str], in_dev: bool) -> str:
+    """SCANNER, else scan-files; but a developer who configured no scanner and has Debian's
+    clamd running gets real scans from it."""
+    if env.get("SCANNER", "").strip():
+        return _choice(env, "SCANNER", SCANNERS, "scan-files")
+    configured = any(env.get(name, "").strip() for name in ("ANTIVIRUS_API_HOST", "CLAMD_ADDRESS"))
+    if in_dev and not configured and os.path.exists(DEBIAN_CLAMD_SOCKET):
+        return "clamd"
+    return "scan-files"
+
+
+class _S3Route(TypedDict):
+    SCAN_FILES_AWS_ACCOUNT: str
+    SCAN_FILES_SNS_ARN: str
+
+
+def _scan_files_s3_route(env: Mapping[str, str]) -> _S3Route:
     """The account and topic of scan-files' S3 route: both, or neither."""
     account = env.get("SCAN_FILES_AWS_ACCOUNT", "").strip()
     topic = env.get("SCAN_FILES_SNS_ARN", "").strip()
@@ -292,7 +318,7 @@ def _scan_files_s3_route(env: Mapping[str, str]) -> dict[str, str]:
     if bool(account) != bool(topic):
         missing = "SCAN_FILES_SNS_ARN" if account else "SCAN_FILES_AWS_ACCOUNT"
         raise ConfigError(f"{missing} must be set with the other scan-files S3 route setting")
-    return {"SCAN_FILES_AWS_ACCOUNT": account, "SCAN_FILES_SNS_ARN": topic}
+    return _S3Route(SCAN_FILES_AWS_ACCOUNT=account, SCAN_FILES_SNS_ARN=topic)
 
 
 def _queue_keys(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import PurePosixPath
-from typing import BinaryIO
+from typing import IO
 from uuid import UUID
 
 import magic
@@ -12,7 +12,7 @@ import magic
 SNIFF_BYTES = 2048
 
 
-def detect(stream: BinaryIO) -> str:
+def detect(stream: IO[bytes]) -> str:
     """libmagic's type for the first 2 KiB, as the original decides it; rewinds the stream."""
     head = stream.read(SNIFF_BYTES)
     stream.seek(0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, cast
 
 from quart import Request
 from quart.formparser import FormDataParser
@@ -67,7 +67,7 @@ class SpoolingRequest(Request):
         self._spool = open(fd, "w+b")  # closed with the request's files
         return self._spool
 
-    def spooled(self, stream: BinaryIO) -> Path | None:
+    def spooled(self, stream: IO[bytes]) -> Path | None:
         """The file ``stream`` was spooled to, or None if it is not one."""
         if stream is not self._spool or self._spool_path is None:
             return None

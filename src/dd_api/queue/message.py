@@ -196,6 +196,8 @@ def _size(data: dict[str, Any]) -> int:
 
 def _created(data: dict[str, Any]) -> float:
     created = data.get("created")
-    if type(created) not in (int, float) or not math.isfinite(created):
+    if not isinstance(created, int | float) or isinstance(created, bool):
+        raise MalformedMessage("scan message field 'created' is missing or invalid")
+    if not math.isfinite(created):
         raise MalformedMessage("scan message field 'created' is missing or invalid")
     return float(created)

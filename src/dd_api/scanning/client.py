@@ -98,6 +98,10 @@ class ScanClient:
         # Keep the api key out of tracebacks and debug dumps.
         return f"ScanClient(url={self._url!r})"
 
+    @property
+    def scanner_name(self) -> str:
+        return SCANNER
+
     async def ping(self) -> None:
         """Raise unless scan-files answers its (unauthenticated) health check."""
         response = await self._http.get(self._health_url, timeout=2.0)

@@ -34,7 +34,8 @@ from ..queue import (
 )
 from ..store import DocumentNotFound, DocumentStore, Location, StoreError
 from .capacity import ByteBudget, ScanSlots
-from .client import SCANNER, ScanClient, ScanResult
+from .client import SCANNER, ScanResult
+from .engine import ScanEngine
 from .s3_route import S3Route
 from .source import BytesSource, FileSource, ScanSource, StoreSource
 from .verdict import AV_STATUS_TAG, is_final, supersedes
@@ -76,7 +77,7 @@ class Held:
 class Scanner:
     def __init__(
         self,
-        client: ScanClient,
+        engine: ScanEngine,
         store: DocumentStore,
         queue: ScanQueue,
         codec: MessageCodec,
@@ -93,7 +94,7 @@ class Scanner:
         s3_route: S3Route | None = None,
     ) -> None:
         self._s3_route = s3_route  # for documents above scan-files' request cap
-        self._client = client
+        self._engine = engine
         self._store = store
         self._queue = queue
         self._codec = codec
@@ -299,7 +300,7 @@ class Scanner:
         self, message: ScanMessage, source: ScanSource, *, deadline: float, retry: bool = True
     ) -> ScanResult:
         return await self._counted(
-            self._client.scan(
+            self._engine.scan(
                 source,
                 filename=message.filename,
                 mimetype=message.mimetype,
@@ -320,7 +321,13 @@ class Scanner:
         self, message: ScanMessage, result: ScanResult, path: str, started: float
     ) -> None:
         verdict = result.verdict or "error"
-        await write_verdict(self._store, location_of(message), verdict, result.checksum)
+        await write_verdict(
+            self._store,
+            location_of(message),
+            verdict,
+            result.checksum,
+            scanner=self._engine.scanner_name,
+        )
         seconds = time.monotonic() - started
         if self._on_finished is not None:
             self._on_finished(verdict, path, seconds)
@@ -363,7 +370,12 @@ async def _until[T](work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | No
 
 
 async def write_verdict(
-    store: DocumentStore, location: Location, verdict: str, checksum: str = ""
+    store: DocumentStore,
+    location: Location,
+    verdict: str,
+    checksum: str = "",
+    *,
+    scanner: str = SCANNER,
 ) -> None:
     """Write the verdict tags, retrying: a scan's result must not be lost.
 
@@ -372,7 +384,7 @@ async def write_verdict(
     """
     ours = {
         AV_STATUS_TAG: verdict,
-        "av-scanner": SCANNER,
+        "av-scanner": scanner,
         "av-timestamp": str(int(time.time() * 1000)),
     }
     if checksum:

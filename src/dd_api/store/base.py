@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 from uuid import UUID
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class DocumentStore(Protocol):
     async def put(
         self,
         location: Location,
-        body: BinaryIO,
+        body: IO[bytes],
         *,
         size: int,
         mimetype: str,

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -61,7 +61,7 @@ class LocalStore:
     async def put(
         self,
         location: Location,
-        body: BinaryIO,
+        body: IO[bytes],
         *,
         size: int,
         mimetype: str,
@@ -157,12 +157,13 @@ class LocalStore:
 
     def _read_meta(self, object_key: str) -> dict[str, Any]:
         try:
-            return json.loads(self._meta_path(object_key).read_bytes())
+            meta: dict[str, Any] = json.loads(self._meta_path(object_key).read_bytes())
+            return meta
         except FileNotFoundError:
             raise DocumentNotFound(object_key) from None
 
     def _write(
-        self, object_key: str, body: BinaryIO, cipher_key: bytes, meta: dict[str, Any]
+        self, object_key: str, body: IO[bytes], cipher_key: bytes, meta: dict[str, Any]
     ) -> None:
         path = self._data_path(object_key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +213,7 @@ class LocalStore:
 class _Segments:
     """Reads and authenticates one segment at a time."""
 
-    def __init__(self, handle: BinaryIO, aead: AESGCM, size: int) -> None:
+    def __init__(self, handle: IO[bytes], aead: AESGCM, size: int) -> None:
         self._handle = handle
         self._aead = aead
         self._count = max(1, -(-size // SEGMENT))
@@ -263,7 +264,7 @@ def _aad(index: int, last: bool) -> bytes:
 
 
 @contextmanager
-def _atomic(path: Path) -> Iterator[BinaryIO]:
+def _atomic(path: Path) -> Iterator[IO[bytes]]:
     """Write to a temp file beside ``path``, fsync, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:

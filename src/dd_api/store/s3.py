@@ -8,7 +8,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import IO, Any
 from urllib.parse import urlencode
 
 import aioboto3
@@ -108,7 +108,7 @@ class S3Store:
     async def put(
         self,
         location: Location,
-        body: BinaryIO,
+        body: IO[bytes],
         *,
         size: int,
         mimetype: str,
@@ -221,9 +221,10 @@ class S3Store:
         await self._call(self._client.delete_object, Bucket=bucket, Key=object_key)
 
     async def _get_object(self, object_key: str, key: bytes | None) -> dict[str, Any]:
-        return await self._call(
+        response: dict[str, Any] = await self._call(
             self._downloads.get_object, Bucket=self.bucket, Key=object_key, **_key_params(key)
         )
+        return response
 
     async def _head(self, object_key: str, key: bytes | None) -> str:
         await self._call(
@@ -237,7 +238,8 @@ class S3Store:
         )
         for item in response.get("Contents", []):
             if item["Key"] == object_key:
-                return item["LastModified"]
+                modified: datetime = item["LastModified"]
+                return modified
         raise DocumentNotFound(object_key)
 
     async def _call(self, method: Callable[..., Awaitable[Any]], **params: Any) -> Any:

@@ -13,6 +13,7 @@ import unicodedata
 import weakref
 from collections.abc import Callable
 from contextlib import suppress
+from typing import Any
 from urllib.parse import quote
 from uuid import UUID
 
@@ -142,13 +143,13 @@ async def _tags_and_document(
         raise
 
 
-def _abandon(*tasks: asyncio.Future) -> None:
+def _abandon(*tasks: asyncio.Future[Any]) -> None:
     for task in tasks:
         task.cancel()
         task.add_done_callback(_dispose)
 
 
-def _dispose(task: asyncio.Future) -> None:
+def _dispose(task: asyncio.Future[Any]) -> None:
     """Whatever an abandoned request produced: a document that opened after all is closed."""
     if task.cancelled() or task.exception() is not None:
         return
@@ -278,8 +279,8 @@ class _StallWatch:
         self._tick = min(limit / 4, 1.0)
         self._transport = transport
         self._location = location
-        self._sender: asyncio.Task | None = None
-        self._task: asyncio.Task | None = None
+        self._sender: asyncio.Task[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._handed = 0
         self._sending = False
@@ -367,7 +368,8 @@ def _unsent_bytes(transport: asyncio.WriteTransport) -> int:
         queued = fcntl.ioctl(sock.fileno(), outq, _INT.pack(0))
     except OSError:
         return buffered
-    return buffered + _INT.unpack(queued)[0]
+    unacknowledged: int = _INT.unpack(queued)[0]
+    return buffered + unacknowledged
 
 
 def _reset(transport: asyncio.WriteTransport) -> None:

@@ -30,11 +30,10 @@ async def status() -> tuple[str | dict[str, Any], int]:
     if is_shallow_status():
         return "ok", 200
     deps = runtime()
-    assert deps.scan_client is not None, "dependencies not started"
     checks = {
         "store": await _check("store", deps.store.ping()),
         "scan_queue": await _check("scan_queue", deps.queue.ping()),
-        "scan_files": await _check("scan_files", deps.scan_client.ping()),
+        _engine_check(deps.settings.SCANNER): await _check("scanner", deps.engine.ping()),
     }
     healthy = all(state == "ok" for state in checks.values())
     return {"status": "ok" if healthy else "unavailable", "checks": checks}, (
@@ -45,6 +44,10 @@ async def status() -> tuple[str | dict[str, Any], int]:
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     return Response(runtime().metrics.exposition(), content_type=CONTENT_TYPE)
+
+
+def _engine_check(scanner: str) -> str:
+    return "clamd" if scanner == "clamd" else "scan_files"
 
 
 async def _check(name: str, probe: Awaitable[None]) -> str:

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any, BinaryIO, cast
+from typing import IO, Any, cast
 from uuid import UUID, uuid4
 
 from dd_compat import current_trace_id
 from quart import Blueprint, current_app, request
+from quart.datastructures import FileStorage
 from werkzeug.datastructures import MultiDict
 
 from .. import mime
@@ -133,15 +134,17 @@ async def upload_document(service_id: UUID) -> tuple[dict[str, Any], int]:
     return {"status": "ok", "document": body}, 201
 
 
-async def _parse_form() -> tuple[MultiDict, MultiDict]:
+async def _parse_form() -> tuple[MultiDict[str, FileStorage], MultiDict[str, str]]:
     try:
-        return await request.files, await request.form
+        files: MultiDict[str, FileStorage] = await request.files
+        form: MultiDict[str, str] = await request.form
+        return files, form
     except OSError as error:  # TMPDIR full or failing while the body was spooled
         log.error("Upload could not be spooled: %s", error.strerror)
         raise ApiError(503, UNAVAILABLE) from None
 
 
-def _hold_for_scan(stream: BinaryIO, size: int) -> Held | None:
+def _hold_for_scan(stream: IO[bytes], size: int) -> Held | None:
     """The bytes kept for a scan now, when a slot is free and the budget allows; else the
     scan is left to the queue and nothing is kept."""
     deps = runtime()
@@ -160,7 +163,7 @@ def _hold_for_scan(stream: BinaryIO, size: int) -> Held | None:
 
 
 async def _store_and_send(
-    location: Location, stream: BinaryIO, key: bytes | None, message: ScanMessage, *, fast: bool
+    location: Location, stream: IO[bytes], key: bytes | None, message: ScanMessage, *, fast: bool
 ) -> None:
     """Store the document and send its scan message side by side: both, or neither.
 
