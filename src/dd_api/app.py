@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import Mapping
 from contextlib import AsyncExitStack, suppress
-from dataclasses import fields
 from typing import cast
 
 import dd_compat
@@ -68,7 +67,10 @@ def create_app(environ: Mapping[str, str] | None = None) -> Quart:
     @app.before_serving
     async def open_dependencies() -> None:
         log.info("Starting with config: %s", settings.masked())
-        _warn_retired(environ if environ is not None else os.environ)
+        env = environ if environ is not None else os.environ
+        _warn_retired(env)
+        if settings.SCANNER == "clamd" and not env.get("SCANNER", "").strip():
+            log.info("No scanner configured: using the local clamd (set SCANNER to choose)")
         await asyncio.to_thread(runtime.spool_dir.open)
         stack.callback(runtime.spool_dir.close)
         await runtime.store.open()
@@ -141,12 +143,26 @@ async def _stop(task: asyncio.Task[None]) -> None:
         await task
 
 
+# app.config holds Quart's own keys and the notification-utils names dd_compat reads, as the
+# Flask original's config did; dd-api itself reads the typed Settings. Never SERVER_NAME: it
+# only names the host of direct_file_url, and in Quart's config it would turn requests to any
+# other host (health checks) into 404s.
+QUART_KEYS = ("DEBUG", "MAX_CONTENT_LENGTH", "BACKGROUND_TASK_SHUTDOWN_TIMEOUT")
+COMPAT_KEYS = (
+    "NOTIFY_APP_NAME",
+    "NOTIFY_LOG_LEVEL",
+    "NOTIFY_TRACE_ID_HEADER",
+    "NOTIFY_SPAN_ID_HEADER",
+    "NOTIFY_PARENT_SPAN_ID_HEADER",
+    "CHECK_PROXY_HEADER",
+    "ROUTE_SECRET_KEY_1",
+    "ROUTE_SECRET_KEY_2",
+)
+
+
 def _configure(app: Quart, settings: Settings) -> None:
-    for field in fields(settings):
-        # SERVER_NAME only names the host of direct_file_url: in Quart's config it
-        # would turn requests to any other host (health checks) into 404s.
-        if field.name != "SERVER_NAME":
-            app.config[field.name] = getattr(settings, field.name)
+    for name in QUART_KEYS + COMPAT_KEYS:
+        app.config[name] = getattr(settings, name)
     # Quart's own name for it; a slow-loris body is cut off after this many seconds
     app.config["BODY_TIMEOUT"] = settings.BODY_TIMEOUT_SECONDS
 

@@ -7,9 +7,10 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
-from quart import current_app, request
+from quart import request
 
 from .errors import ApiError
+from .runtime import runtime
 
 
 def require_bearer[**P, R](view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -21,7 +22,7 @@ def require_bearer[**P, R](view: Callable[P, Awaitable[R]]) -> Callable[P, Await
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "Unauthorized; bearer token must be provided")
-        if not _known(token, current_app.config["AUTH_TOKENS"]):
+        if not _known(token, runtime().settings.AUTH_TOKENS):
             # The presented token is never echoed (the original put it in the 403 page).
             raise ApiError(403, "Forbidden; invalid bearer token provided")
         return await view(*args, **kwargs)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from quart import Quart, Response, current_app, jsonify, request
+from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from .runtime import runtime
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,8 @@ async def _api_error(error: ApiError) -> Response:
 async def _too_large(error: RequestEntityTooLarge) -> Response:
     # The form parser raises the same 413 for too many parts and for an oversized field; a
     # body within MAX_CONTENT_LENGTH cannot be what was too large.
-    length, limit = request.content_length, current_app.config["MAX_CONTENT_LENGTH"]
-    if length is not None and limit is not None and length <= limit:
+    length, limit = request.content_length, runtime().settings.MAX_CONTENT_LENGTH
+    if length is not None and length <= limit:
         return json_error(413, FORM_TOO_LARGE)
     return json_error(413, TOO_LARGE)
 

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 256 * 1024
 # S3's answers when the SSE-C key is missing, wrong, or not 32 bytes.
 _KEY_ERRORS = {"InvalidRequest", "AccessDenied", "InvalidArgument", "400", "403"}
+# S3's answer when an SSE-C object is asked for without a key
+_NO_KEY_ERRORS = {"InvalidRequest", "400"}
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_KEYED_READS = {"get_object", "head_object", "copy_object"}
 # Standard mode's own default: a transient error is tried three times in all, so an endpoint
 # that never answers holds a call for three read timeouts plus at most 3 s of backoff.
 MAX_ATTEMPTS = 3
@@ -192,7 +193,7 @@ class S3Store:
         scan-files reads it with a role, which no SSE-C object allows."""
         await with_fallback(
             location,
-            lambda source_key: self._call(
+            lambda source_key: self._read_keyed(
                 self._client.copy_object,
                 Bucket=bucket,
                 Key=object_key,
@@ -221,13 +222,13 @@ class S3Store:
         await self._call(self._client.delete_object, Bucket=bucket, Key=object_key)
 
     async def _get_object(self, object_key: str, key: bytes | None) -> dict[str, Any]:
-        response: dict[str, Any] = await self._call(
+        response: dict[str, Any] = await self._read_keyed(
             self._downloads.get_object, Bucket=self.bucket, Key=object_key, **_key_params(key)
         )
         return response
 
     async def _head(self, object_key: str, key: bytes | None) -> str:
-        await self._call(
+        await self._read_keyed(
             self._client.head_object, Bucket=self.bucket, Key=object_key, **_key_params(key)
         )
         return object_key
@@ -243,6 +244,21 @@ class S3Store:
         raise DocumentNotFound(object_key)
 
     async def _call(self, method: Callable[..., Awaitable[Any]], **params: Any) -> Any:
+        """A call whose refusals are store errors (a missing object: DocumentNotFound)."""
+        return await self._mapped(method, params, reads_keyed_object=False)
+
+    async def _read_keyed(self, method: Callable[..., Awaitable[Any]], **params: Any) -> Any:
+        """A read of the document itself, where S3 refusing the SSE-C key (or its absence)
+        means the caller's key does not open it, not that the store failed."""
+        return await self._mapped(method, params, reads_keyed_object=True)
+
+    async def _mapped(
+        self,
+        method: Callable[..., Awaitable[Any]],
+        params: dict[str, Any],
+        *,
+        reads_keyed_object: bool,
+    ) -> Any:
         try:
             # The timeouts bound waiting for an answer, not sending a body: a peer that
             # stops reading would hold a large upload for ever without this.
@@ -256,11 +272,8 @@ class S3Store:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND:
                 raise DocumentNotFound(params.get("Key", "")) from None
-            keyed = "SSECustomerAlgorithm" in params or "CopySourceSSECustomerAlgorithm" in params
-            if code in _KEY_ERRORS and keyed and method.__name__ in _KEYED_READS:
-                raise DocumentKeyMismatch(code) from None
-            if code in {"InvalidRequest", "400"} and method.__name__ in _KEYED_READS:
-                # an SSE-C object asked for without a key
+            key_sent = "SSECustomerKey" in params or "CopySourceSSECustomerKey" in params
+            if reads_keyed_object and code in (_KEY_ERRORS if key_sent else _NO_KEY_ERRORS):
                 raise DocumentKeyMismatch(code) from None
             # a refused write (SSE-C blocked on the bucket, a missing permission) lands here
             raise StoreError(f"S3 {method.__name__} failed: {code}") from None
