@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from dd_api.scanning import attempts
 from dd_api.scanning import client as client_module
 from dd_api.scanning.client import ScanClient, ScanResult
 from dd_api.scanning.source import BytesSource, FileSource, ScanSource, StoreSource
@@ -427,7 +428,7 @@ async def test_429_is_retried(http, scanfiles, failures):
 async def test_429_retry_after_replaces_the_backoff(http, scanfiles, monkeypatch):
     # The backoff would always pick its ceiling, 60 s: past the deadline, so without the
     # Retry-After the client would give up after the first attempt.
-    monkeypatch.setattr(client_module, "random", SimpleNamespace(uniform=lambda low, high: high))
+    monkeypatch.setattr(attempts, "random", SimpleNamespace(uniform=lambda low, high: high))
     scanfiles.fail_next(1, status=429, retry_after=0)
     client = make_client(http, scanfiles.url, backoff_base=60.0, backoff_max=60.0)
 

@@ -20,15 +20,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import re
 import socket
 import struct
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 from typing import Any
 
-from .client import ScanResult
+from .attempts import Attempt, Retrier, ScanResult
 from .source import ScanSource, SourceError
 
 __all__ = ["ClamdClient", "ClamdError", "scanner_name"]
@@ -38,9 +36,6 @@ logger = logging.getLogger("dd_api.scanning")
 _CONNECT_TIMEOUT = 5.0
 # PING and VERSION are answered by clamd's receiving thread, without waiting for a scan thread.
 _COMMAND_TIMEOUT = 5.0
-# An attempt started with less time than this would end as "deadline reached" whatever clamd
-# does, hiding the failure that made it retry.
-_MIN_ATTEMPT_SECONDS = 0.5
 _RECV_SIZE = 4096
 # clamd's answers are one short line; anything longer is not clamd talking.
 _MAX_ANSWER = 4096
@@ -69,19 +64,8 @@ class _ConnectTimeout(ConnectionError):
     """clamd's socket did not accept the connection in time."""
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    """What one attempt produced: a verdict, a retryable failure, or a permanent failure."""
-
-    verdict: str | None = None
-    kind: str | None = None  # for on_failure (a metric label): a short, fixed vocabulary
-    reason: str | None = None  # for the ScanResult: may say more than the kind
-    retryable: bool = False
-    checksum: str = ""
-
-
-def _failed(kind: str, reason: str | None = None, *, retryable: bool) -> _Outcome:
-    return _Outcome(kind=kind, reason=reason or kind, retryable=retryable)
+def _failed(kind: str, reason: str | None = None, *, retryable: bool) -> Attempt:
+    return Attempt(failure=kind, detail=reason, retryable=retryable)
 
 
 class ClamdClient:
@@ -98,9 +82,12 @@ class ClamdClient:
         self._address = address
         self._target = _parse_address(address)  # a bad setting fails at start-up, not per scan
         self._attempt_timeout = attempt_timeout
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
-        self._on_failure = on_failure  # told each failed attempt's kind, e.g. "clamd ERROR"
+        self._retrier = Retrier(
+            label="clamd scan",
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            on_failure=on_failure,  # told each failed attempt's kind, e.g. "clamd ERROR"
+        )
         self._version: str | None = None
 
     def __repr__(self) -> str:
@@ -140,37 +127,14 @@ class ClamdClient:
         """Scan ``source`` within ``deadline`` seconds, retrying what may pass unless
         ``retry`` is false. ``filename`` and ``mimetype`` are unused: clamd scans bytes only
         and finds the type itself."""
-        loop = asyncio.get_running_loop()
-        deadline_at = loop.time() + deadline
-        attempts = 0
-        outcome = _failed("no time for an attempt", retryable=True)
-        while (remaining := deadline_at - loop.time()) > 0:
-            attempts += 1
-            outcome = await self._attempt(source, request_id, remaining)
-            if outcome.verdict is None and self._on_failure is not None:
-                self._on_failure(outcome.kind or "unknown")
-            if outcome.verdict is not None or not outcome.retryable or not retry:
-                break
-            delay = self._backoff(attempts)
-            if deadline_at - (loop.time() + delay) < min(_MIN_ATTEMPT_SECONDS, deadline / 4):
-                break  # no time for a real attempt: give up now, with this attempt's reason
-            logger.warning(
-                "clamd scan attempt %d failed (%s), retrying in %.2fs",
-                attempts,
-                outcome.reason,
-                delay,
-                extra={"scan_request_id": request_id, "scan_attempts": attempts},
-            )
-            await asyncio.sleep(delay)
-        return ScanResult(
-            verdict=outcome.verdict,
-            checksum=outcome.checksum,
-            attempts=attempts,
-            reason=outcome.reason,
-            retryable=outcome.retryable,
+        return await self._retrier.run(
+            lambda remaining: self._attempt(source, request_id, remaining),
+            deadline=deadline,
+            retry=retry,
+            request_id=request_id,
         )
 
-    async def _attempt(self, source: ScanSource, request_id: str, remaining: float) -> _Outcome:
+    async def _attempt(self, source: ScanSource, request_id: str, remaining: float) -> Attempt:
         budget = min(self._attempt_timeout, remaining)
         chunks = source.chunks()
         try:
@@ -209,7 +173,7 @@ class ClamdClient:
         first: bytes,
         chunks: AsyncGenerator[bytes],
         request_id: str,
-    ) -> _Outcome:
+    ) -> Attempt:
         await asyncio.get_running_loop().sock_sendall(sock, b"zINSTREAM\0")
         try:
             checksum = await _send_document(sock, size, first, chunks)
@@ -239,11 +203,6 @@ class ClamdClient:
         except TimeoutError:
             # Told apart from the attempt's own timeout, which is raised outside this block.
             raise _ConnectTimeout from None
-
-    def _backoff(self, attempts: int) -> float:
-        """Full jitter: uniform in [0, base * 2^(attempts-1)], capped at backoff_max."""
-        ceiling = min(self._backoff_max, self._backoff_base * 2 ** (attempts - 1))
-        return random.uniform(0.0, ceiling)
 
 
 def scanner_name(version: str | None) -> str:
@@ -307,9 +266,9 @@ async def _salvage_answer(sock: socket.socket) -> str | None:
         return None
 
 
-def _judge(answer: str, checksum: str, request_id: str) -> _Outcome:
+def _judge(answer: str, checksum: str, request_id: str) -> Attempt:
     if answer == _OK_ANSWER:
-        return _Outcome(verdict="clean", checksum=checksum)
+        return Attempt(verdict="clean", checksum=checksum)
     if found := _FOUND.fullmatch(answer):
         # The signature name comes from the database, never from the document.
         logger.warning(
@@ -318,7 +277,7 @@ def _judge(answer: str, checksum: str, request_id: str) -> _Outcome:
             request_id,
             extra={"scan_request_id": request_id, "scan_signature": _printable(found[1])},
         )
-        return _Outcome(verdict="malicious", checksum=checksum)
+        return Attempt(verdict="malicious", checksum=checksum)
     if answer == _SIZE_LIMIT_ANSWER:
         return _failed(
             "clamd StreamMaxLength", "document over clamd's StreamMaxLength", retryable=False

@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from .attempts import Attempt, Retrier, ScanResult
 from .source import ScanSource, SourceError
 
 __all__ = ["SCANNER", "ScanClient", "ScanFailed", "ScanResult"]
@@ -27,9 +26,6 @@ logger = logging.getLogger("dd_api.scanning")
 
 SCANNER = "clamav"
 _CONNECT_TIMEOUT = 5.0
-# An attempt started with less time than this would end as "deadline reached" whatever the
-# scanner does, hiding the failure that made it retry.
-_MIN_ATTEMPT_SECONDS = 0.5
 _FALLBACK_MIMETYPE = "application/octet-stream"
 # httpx writes the part's Content-Type verbatim, so anything outside a plain token/parameter
 # syntax could inject extra multipart headers.
@@ -39,19 +35,6 @@ _SAFE_MIMETYPE = re.compile(r"[\x21-\x7e]+(?:; ?[\x21-\x7e]+)*")
 _PERMANENT_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 
 
-@dataclass(frozen=True)
-class ScanResult:
-    verdict: str | None
-    """scan-files' verdict ("clean", "malicious", "unable_to_scan", ...); None if there is none."""
-    checksum: str
-    """SHA-256 hex of the bytes sent in the attempt that got the verdict ("" without one)."""
-    attempts: int
-    reason: str | None = None
-    """Without a verdict: why, short and secret-free."""
-    retryable: bool = False
-    """Without a verdict: whether trying again later may succeed."""
-
-
 class ScanFailed(Exception):
     """A call of scan-files' S3 route failed; the reason is short and secret-free."""
 
@@ -59,17 +42,6 @@ class ScanFailed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """What one attempt produced: a verdict, a retryable failure, or a permanent failure."""
-
-    verdict: str | None = None
-    failure: str | None = None  # "http 502", "ConnectError", ...: class names and codes only
-    retryable: bool = False
-    retry_after: float | None = None
-    checksum: str = ""
 
 
 class ScanClient:
@@ -85,13 +57,16 @@ class ScanClient:
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._http = http
-        self._on_failure = on_failure  # told each failed attempt's kind, e.g. "http 502"
         self._url = f"{host.rstrip('/')}/clamav"
         self._health_url = f"{host.rstrip('/')}/healthcheck"
         self._s3_url = f"{host.rstrip('/')}/clamav/s3"
         self._api_key = api_key
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
+        self._retrier = Retrier(
+            label="scan-files",
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            on_failure=on_failure,
+        )
         self._attempt_timeout = attempt_timeout
 
     def __repr__(self) -> str:
@@ -119,42 +94,17 @@ class ScanClient:
     ) -> ScanResult:
         """Scan ``source`` within ``deadline`` seconds, retrying what may pass unless
         ``retry`` is false (the queue retries by delivering the message again)."""
-        loop = asyncio.get_running_loop()
-        deadline_at = loop.time() + deadline
         mimetype = _safe_mimetype(mimetype)
-        attempts = 0
-        outcome = _Outcome(failure="no time for an attempt", retryable=True)
-        while (remaining := deadline_at - loop.time()) > 0:
-            attempts += 1
-            outcome = await self._attempt(source, filename, mimetype, request_id, remaining)
-            if outcome.verdict is None and self._on_failure is not None:
-                self._on_failure(outcome.failure or "unknown")
-            if outcome.verdict is not None or not outcome.retryable or not retry:
-                break
-            delay = outcome.retry_after
-            if delay is None:
-                delay = self._backoff(attempts)
-            if deadline_at - (loop.time() + delay) < min(_MIN_ATTEMPT_SECONDS, deadline / 4):
-                break  # no time for a real attempt: give up now, with this attempt's reason
-            logger.warning(
-                "scan attempt %d failed (%s), retrying in %.2fs",
-                attempts,
-                outcome.failure,
-                delay,
-                extra={"scan_request_id": request_id, "scan_attempts": attempts},
-            )
-            await asyncio.sleep(delay)
-        return ScanResult(
-            verdict=outcome.verdict,
-            checksum=outcome.checksum,
-            attempts=attempts,
-            reason=outcome.failure,
-            retryable=outcome.retryable,
+        return await self._retrier.run(
+            lambda remaining: self._attempt(source, filename, mimetype, request_id, remaining),
+            deadline=deadline,
+            retry=retry,
+            request_id=request_id,
         )
 
     async def _attempt(
         self, source: ScanSource, filename: str, mimetype: str, request_id: str, remaining: float
-    ) -> _Outcome:
+    ) -> Attempt:
         # httpx timeouts bound each connect/read/write separately; asyncio.timeout bounds the whole
         # attempt so a slowly trickling exchange cannot outlive the deadline.
         timeout = httpx.Timeout(
@@ -179,24 +129,24 @@ class ScanClient:
                     timeout=timeout,
                 )
         except TimeoutError:
-            return _Outcome(failure="deadline reached mid-attempt", retryable=True)
+            return Attempt(failure="deadline reached mid-attempt", retryable=True)
         except SourceError as error:
-            return _Outcome(failure=error.reason, retryable=error.retryable)
+            return Attempt(failure=error.reason, retryable=error.retryable)
         except _PERMANENT_TRANSPORT_ERRORS as exc:
-            return _Outcome(failure=type(exc).__name__)
+            return Attempt(failure=type(exc).__name__)
         except httpx.TransportError as exc:
-            return _Outcome(failure=type(exc).__name__, retryable=True)
+            return Attempt(failure=type(exc).__name__, retryable=True)
         except Exception as exc:  # a bug must not kill the background task
             logger.exception(
                 "scan attempt raised unexpectedly", extra={"scan_request_id": request_id}
             )
-            return _Outcome(failure=f"unexpected {type(exc).__name__}")
+            return Attempt(failure=f"unexpected {type(exc).__name__}")
         finally:
             await body.aclose()
         outcome = _classify(response)
         if outcome.verdict is None:
             return outcome
-        return _Outcome(verdict=outcome.verdict, checksum=body.digest.hexdigest())
+        return Attempt(verdict=outcome.verdict, checksum=body.digest.hexdigest())
 
     # -- scan-files' S3 route, for documents above its request size cap --------------------
 
@@ -245,11 +195,6 @@ class ScanClient:
             outcome = _classify(response)
             raise ScanFailed(outcome.failure or "unknown", retryable=outcome.retryable)
         return response
-
-    def _backoff(self, attempts: int) -> float:
-        """Full jitter: uniform in [0, base * 2^(attempts-1)], capped at backoff_max."""
-        ceiling = min(self._backoff_max, self._backoff_base * 2 ** (attempts - 1))
-        return random.uniform(0.0, ceiling)
 
 
 def _envelope(filename: str, mimetype: str) -> tuple[bytes, bytes, str]:
@@ -305,20 +250,20 @@ class _Body:
         await self._chunks.aclose()
 
 
-def _classify(response: httpx.Response) -> _Outcome:
+def _classify(response: httpx.Response) -> Attempt:
     status = response.status_code
     if status == 200:
         verdict = _verdict_from(response)
         if verdict is None:
-            return _Outcome(failure="http 200 without verdict", retryable=True)
-        return _Outcome(verdict=verdict)
+            return Attempt(failure="http 200 without verdict", retryable=True)
+        return Attempt(verdict=verdict)
     failure = f"http {status}"
     if status == 413:
-        return _Outcome(failure="http 413: the document is too large for scan-files")
+        return Attempt(failure="http 413: the document is too large for scan-files")
     if status == 429:
-        return _Outcome(failure=failure, retryable=True, retry_after=_retry_after(response))
+        return Attempt(failure=failure, retryable=True, retry_after=_retry_after(response))
     # scan-files answers 502 whenever a scan throws, which under load is usually transient.
-    return _Outcome(failure=failure, retryable=status >= 500)
+    return Attempt(failure=failure, retryable=status >= 500)
 
 
 def _verdict_from(response: httpx.Response) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .client import ScanResult
+from .attempts import ScanResult
 from .source import ScanSource
 
 

@@ -18,7 +18,8 @@ import logging
 from ..queue import ScanMessage
 from ..store import DocumentKeyMismatch, DocumentNotFound, Location, StoreError
 from ..store.s3 import S3Store
-from .client import ScanClient, ScanFailed, ScanResult
+from .attempts import ScanResult
+from .client import ScanClient, ScanFailed
 from .source import SourceError, StoreSource
 
 log = logging.getLogger(__name__)

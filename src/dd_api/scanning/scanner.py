@@ -33,8 +33,9 @@ from ..queue import (
     UndecryptableKey,
 )
 from ..store import DocumentNotFound, DocumentStore, Location, StoreError
+from .attempts import ScanResult
 from .capacity import ByteBudget, ScanSlots
-from .client import SCANNER, ScanResult
+from .client import SCANNER
 from .engine import ScanEngine
 from .s3_route import S3Route
 from .source import BytesSource, FileSource, ScanSource, StoreSource
