@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,12 +17,11 @@ from dd_api.app import create_app
 from tests.helpers import (
     AWS_ENV,
     BIN,
-    ROOT,
     TOKEN,
     Server,
     free_port,
     new_bucket,
-    production_command,
+    production_server,
     running,
     stop_process,
     wait_for_http,
@@ -134,30 +134,13 @@ async def client(base_env: dict[str, str], store_env: dict[str, str]) -> AsyncIt
 
 @pytest.fixture
 def serve(tmp_path: Path, scanfiles: ScanFilesStandIn) -> Iterator[Callable[..., Server]]:
-    """Run the production command on a free loopback port with ``env`` added."""
-    servers: list[Server] = []
+    """Start the production command (``tests.helpers.production_server``) with ``env`` added;
+    the servers of a test share ``scanfiles`` and the local store ``tmp_path``/docs, and are
+    stopped after it."""
+    with ExitStack() as servers:
 
-    def start(env: dict[str, str] | None = None) -> Server:
-        port = free_port()
-        log = tmp_path / f"server-{port}.log"
-        process = subprocess.Popen(
-            production_command(port),
-            cwd=ROOT,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "LOCAL_STORE_PATH": str(tmp_path / "docs"),
-                "ANTIVIRUS_API_HOST": scanfiles.url,
-                "ANTIVIRUS_API_KEY": scanfiles.api_key,
-                **(env or {}),
-            },
-        )
-        server = Server(process, f"http://127.0.0.1:{port}", log)
-        servers.append(server)
-        wait_for_http(f"{server.url}/_status", process)
-        return server
+        def start(env: dict[str, str] | None = None) -> Server:
+            launch = production_server(tmp_path, scanfiles, env, store=tmp_path / "docs")
+            return servers.enter_context(launch)
 
-    yield start
-    for server in servers:
-        server.stop()
+        yield start

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import httpx
@@ -25,6 +26,9 @@ from quart.testing import QuartClient
 from quart.testing.utils import make_test_body_with_headers
 
 from dd_api.queue import new_queue_key
+
+if TYPE_CHECKING:
+    from tests.support.scanfiles import ScanFilesStandIn
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -145,8 +149,22 @@ async def running(app: Quart) -> AsyncIterator[QuartClient]:
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
+    """A server process: its URL, its log file (stdout and stderr), its local store and the
+    variables it was given over this process's environment."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen,
+        url: str,
+        log: Path,
+        *,
+        store: Path | None = None,
+        scanfiles: ScanFilesStandIn | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.process, self.url, self.log = process, url, log
+        self.port = int(url.rsplit(":", 1)[1])
+        self.store, self.scanfiles, self.env = store, scanfiles, dict(env or {})
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -154,6 +172,55 @@ class Server:
     def stop(self) -> str:
         stop_process(self.process, 15)
         return self.output()
+
+    def files(self) -> set[str]:
+        """Every document in the local store (not its key files, temp files or scan queue)."""
+        assert self.store is not None, "a server started without a local store"
+        return {
+            str(path.relative_to(self.store))
+            for path in self.store.rglob("*")
+            if path.is_file() and path.suffix in (".data", ".json")
+        }
+
+
+@contextmanager
+def production_server(
+    directory: Path,
+    scanfiles: ScanFilesStandIn,
+    env: Mapping[str, str] | None = None,
+    *,
+    store: Path | None = None,
+) -> Iterator[Server]:
+    """The production command (``production_command``) as a process on a free loopback port,
+    answering ``/_status`` when this yields; stopped on leaving (SIGTERM, SIGKILL after 15 s).
+
+    It gets this process's environment with, over it, scan-files at ``scanfiles``, its local
+    store at ``store`` (default: ``directory``/docs-<port>) and then ``env``, which has the
+    last word; it logs to ``directory``/server-<port>.log (``Server.output``).
+    """
+    port = free_port()
+    added = {
+        "LOCAL_STORE_PATH": str(store if store is not None else directory / f"docs-{port}"),
+        "ANTIVIRUS_API_HOST": scanfiles.url,
+        "ANTIVIRUS_API_KEY": scanfiles.api_key,
+        **(env or {}),
+    }
+    log = directory / f"server-{port}.log"
+    with log.open("wb") as output:  # the process keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            production_command(port),
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **added},
+        )
+    url, store = f"http://127.0.0.1:{port}", Path(added["LOCAL_STORE_PATH"])
+    server = Server(process, url, log, store=store, scanfiles=scanfiles, env=added)
+    try:
+        wait_for_http(f"{server.url}/_status", process)
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager

@@ -17,15 +17,25 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import AUTH, AWS_ENV, SERVICE_ID, TOKEN, new_bucket, s3_client
+from tests.helpers import (
+    AUTH,
+    AWS_ENV,
+    ROOT,
+    SERVICE_ID,
+    TOKEN,
+    Server,
+    free_port,
+    new_bucket,
+    production_command,
+    s3_client,
+)
 from tests.test_hostile_input import (
     PDF,
     UPLOAD,
-    Server,
     assert_json_error,
+    hostile_server,
     multipart,
     post_multipart,
-    production_server,
 )
 
 PROXY_SECRET = "proxy-secret"
@@ -44,8 +54,7 @@ def s3_env(endpoint: str) -> dict[str, str]:
 @pytest.fixture(scope="module", params=["local", "s3"])
 def server(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Server]:
     env = s3_env(request.getfixturevalue("moto_endpoint")) if request.param == "s3" else {}
-    with production_server(tmp_path_factory.mktemp("clients"), **env) as running:
-        running.env = env
+    with hostile_server(tmp_path_factory.mktemp("clients"), **env) as running:
         yield running
 
 
@@ -130,7 +139,7 @@ def test_no_object_carries_user_metadata_near_s3s_limit(moto_endpoint, tmp_path)
     # AWS refuses more than 2 KiB of user metadata on an object; moto and ministack do not,
     # so the worst case the API accepts is measured on what was written.
     env = s3_env(moto_endpoint)
-    with production_server(tmp_path, **env) as server:
+    with hostile_server(tmp_path, **env) as server:
         response = httpx.post(
             server.url + UPLOAD,
             files={"document": ("\u2019" * 255, PDF)},
@@ -165,7 +174,7 @@ def full_tmpdir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_tmpdir_while_spooling_is_a_503(tmp_path, full_tmpdir) -> None:
-    with production_server(tmp_path, TMPDIR=str(full_tmpdir)) as server:
+    with hostile_server(tmp_path, TMPDIR=str(full_tmpdir)) as server:
         before = server.files()
         response = httpx.post(
             server.url + UPLOAD,
@@ -275,7 +284,7 @@ def test_content_length_with_transfer_encoding_always_closes(server: Server) -> 
 
 def test_the_proxy_check_spares_only_the_shallow_health_check(tmp_path) -> None:
     env = {"CHECK_PROXY_HEADER": "true", "ROUTE_SECRET_KEY_1": PROXY_SECRET}
-    with production_server(tmp_path, **env) as server:
+    with hostile_server(tmp_path, **env) as server:
         assert httpx.get(f"{server.url}/_status").status_code == 200
         for path in ("/_status?deep=1", "/_status?deep=true", "/metrics", "/openapi.json"):
             assert httpx.get(server.url + path).status_code == 403, path
@@ -287,7 +296,7 @@ def test_the_proxy_check_spares_only_the_shallow_health_check(tmp_path) -> None:
 def test_direct_file_url_takes_its_scheme_from_trusted_proxies_only(
     tmp_path, hops: str, scheme: str
 ) -> None:
-    with production_server(tmp_path, TRUSTED_PROXY_HOPS=hops) as server:
+    with hostile_server(tmp_path, TRUSTED_PROXY_HOPS=hops) as server:
         response = httpx.post(
             server.url + UPLOAD,
             files={"document": ("d", PDF)},
@@ -298,8 +307,6 @@ def test_direct_file_url_takes_its_scheme_from_trusted_proxies_only(
 
 
 def test_scratch_without_auth_tokens_does_not_start(tmp_path) -> None:
-    from tests.helpers import ROOT, free_port, production_command
-
     env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKENS"}
     env.update(NOTIFY_ENVIRONMENT="scratch", LOCAL_STORE_PATH=str(tmp_path / "docs"))
     done = subprocess.run(

@@ -19,9 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import socket
-import subprocess
 import time
 import unicodedata
 import uuid
@@ -42,16 +40,15 @@ from dd_api.app import create_app
 from dd_api.views.limits import SMALL_BODY
 from tests.helpers import (
     AUTH,
+    ROOT,
     SERVICE_ID,
     TOKEN,
-    free_port,
+    Server,
     hypercorn_in_thread,
-    production_command,
-    wait_for_http,
+    production_server,
 )
 from tests.support.scanfiles import DEFAULT_API_KEY, ScanFilesStandIn
 
-ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "src" / "dd_api" / "openapi.json"
 LIMIT = 1024 * 1024  # the servers' MAX_CONTENT_LENGTH (above Quart's 500 kB form field limit)
 PDF = b"%PDF-1.4 hostile input test"
@@ -62,67 +59,31 @@ TRACEBACK_MARKERS = ("Traceback (most recent call last)", 'File "/')
 NO_DOCUMENT = "No document upload"
 
 
-class Server:
-    def __init__(
-        self, process: subprocess.Popen, port: int, log: Path, store: Path, scanfiles: Any
-    ) -> None:
-        self.process, self.port, self.log, self.store = process, port, log, store
-        self.scanfiles = scanfiles
-        self.url = f"http://127.0.0.1:{port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def files(self) -> set[str]:
-        """Every document in the store (not its key files, temp files or scan queue)."""
-        return {
-            str(path.relative_to(self.store))
-            for path in self.store.rglob("*")
-            if path.is_file() and path.suffix in (".data", ".json")
-        }
+# the settings of every server of the hostile-input suites
+HOSTILE_ENV = {
+    "NOTIFY_ENVIRONMENT": "test",
+    "AUTH_TOKENS": TOKEN,
+    "DOCUMENT_STORE": "local",
+    "MAX_CONTENT_LENGTH": str(LIMIT),
+    "SCAN_DEADLINE_SECONDS": "5",
+    "BACKGROUND_TASK_SHUTDOWN_TIMEOUT": "3",
+}
 
 
 @contextmanager
-def production_server(tmp: Path, **env: str) -> Iterator[Server]:
-    """``hypercorn -c hypercorn.toml`` on a free loopback port, with a scan-files stand-in."""
-    port = free_port()
-    log = tmp / f"server-{port}.log"
-    with ScanFilesStandIn(api_key=DEFAULT_API_KEY) as scanfiles:
-        process = subprocess.Popen(
-            production_command(port),
-            cwd=ROOT,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "NOTIFY_ENVIRONMENT": "test",
-                "AUTH_TOKENS": TOKEN,
-                "DOCUMENT_STORE": "local",
-                "LOCAL_STORE_PATH": str(tmp / f"docs-{port}"),
-                "MAX_CONTENT_LENGTH": str(LIMIT),
-                "ANTIVIRUS_API_HOST": scanfiles.url,
-                "ANTIVIRUS_API_KEY": scanfiles.api_key,
-                "SCAN_DEADLINE_SECONDS": "5",
-                "BACKGROUND_TASK_SHUTDOWN_TIMEOUT": "3",
-                **env,
-            },
-        )
-        server = Server(process, port, log, tmp / f"docs-{port}", scanfiles)
-        try:
-            wait_for_http(f"{server.url}/_status", process)
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def hostile_server(tmp: Path, **env: str) -> Iterator[Server]:
+    """The production server with the suite's settings and ``env``, a scan-files stand-in of
+    its own and a fresh local store."""
+    with (
+        ScanFilesStandIn(api_key=DEFAULT_API_KEY) as scanfiles,
+        production_server(tmp, scanfiles, {**HOSTILE_ENV, **env}) as server,
+    ):
+        yield server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with production_server(tmp_path_factory.mktemp("hostile")) as running:
+    with hostile_server(tmp_path_factory.mktemp("hostile")) as running:
         yield running
     output = running.output()
     for marker in TRACEBACK_MARKERS:
@@ -141,10 +102,13 @@ def http(server: Server) -> Iterator[httpx.Client]:
 @pytest.fixture
 def unchanged(server: Server) -> Iterator[None]:
     """The test must add nothing to the store (scans of earlier uploads may remove their
-    pending copies meanwhile; a wrongly deleted document is caught by the tests themselves)."""
+    pending copies meanwhile; a wrongly deleted document is caught by the tests themselves).
+
+    Checked once every request of the test has ended: the server stores a document before
+    it answers, and a test that leaves a request unanswered waits for the server to have
+    ended it (``wait_until_ended``)."""
     before = server.files()
     yield
-    time.sleep(0.05)  # anything half-written would show by now
     assert not server.files() - before
 
 
@@ -201,9 +165,14 @@ def post_multipart(http: httpx.Client, body: bytes, boundary: str = "b", **heade
     )
 
 
-def raw_exchange(server: Server, data: bytes, *, half_close: bool = False, wait: float = 5.0):
-    """Send raw bytes; the status of the answer (None if the server closed without one)."""
+def raw_exchange(
+    server: Server, data: bytes, *, half_close: bool = False, wait: float = 5.0, ended: bool = False
+):
+    """Send raw bytes; the status of the answer (None if the server closed without one).
+    ``ended``: return once the server has ended the request (``wait_until_ended``)."""
+    since = server.log.stat().st_size
     with socket.create_connection(("127.0.0.1", server.port), timeout=wait) as sock:
+        client_port = sock.getsockname()[1]
         sock.sendall(data)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
@@ -216,10 +185,28 @@ def raw_exchange(server: Server, data: bytes, *, half_close: bool = False, wait:
                 received += chunk
         except TimeoutError:
             pass
+    if ended:
+        wait_until_ended(server, client_port, since)
     if not received:
         return None, b""
     head, _, body = received.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+def wait_until_ended(server: Server, client_port: int, since: int, timeout: float = 10.0) -> None:
+    """Wait for the server's access-log line (past byte ``since`` of its log) of the request
+    from ``client_port``: Hypercorn writes it when the request ends, answered or not, and
+    hands an unanswered request's disconnect to the app right after (Quart then cancels its
+    handler), so whatever that request could have stored is there by now."""
+    logged = f"127.0.0.1:{client_port} ".encode()
+    deadline = time.monotonic() + timeout
+    with server.log.open("rb") as log:
+        while True:
+            log.seek(since)
+            if logged in log.read():
+                return
+            assert time.monotonic() < deadline, f"the request from port {client_port} never ended"
+            time.sleep(0.02)
 
 
 def assert_healthy(server: Server) -> None:
@@ -366,7 +353,7 @@ def test_a_body_shorter_than_its_declared_length_stores_nothing(
         "Content-Type: multipart/form-data; boundary=b\r\n"
         f"Content-Length: {len(body) + 1000}\r\n\r\n"
     ).encode()
-    status, _ = raw_exchange(server, head + body, half_close=half_close, wait=0.5)
+    status, _ = raw_exchange(server, head + body, half_close=half_close, wait=0.5, ended=True)
     assert status is None or 400 <= status < 500
     assert_healthy(server)
 
@@ -760,6 +747,7 @@ def slow_upload_head(length: int) -> bytes:
 
 def test_a_slow_body_does_not_hold_up_other_requests(server, unchanged) -> None:
     body = multipart(DOCUMENT_PART)
+    since = server.log.stat().st_size
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as slow:
         slow.sendall(slow_upload_head(len(body)) + body[:10])
         started = time.monotonic()
@@ -770,10 +758,12 @@ def test_a_slow_body_does_not_hold_up_other_requests(server, unchanged) -> None:
             f"{server.url}/services/{SERVICE_ID}/documents/{ZERO}/scan-verdict", headers=AUTH
         )
         assert_json_error(verdict, 404)  # a request with a body, on another connection
+        client_port = slow.getsockname()[1]
+    wait_until_ended(server, client_port, since)  # the slow upload, abandoned
 
 
 def test_a_slow_body_times_out_on_the_production_server(tmp_path) -> None:
-    with production_server(tmp_path, BODY_TIMEOUT_SECONDS="1") as server:
+    with hostile_server(tmp_path, BODY_TIMEOUT_SECONDS="1") as server:
         body = multipart(DOCUMENT_PART)
         status, _ = raw_exchange(server, slow_upload_head(len(body)) + body[:10], wait=4)
         assert status == 408, "no answer within 4 s"

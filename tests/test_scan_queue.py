@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -105,6 +109,131 @@ async def receive_one(queue: ScanQueue, *, wait: float = 5, visibility: float = 
     return messages[0]
 
 
+# --- watching a long poll start -----------------------------------------------------------
+
+
+@asynccontextmanager
+async def watched_polls(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[ScanQueue, asyncio.Event]]:
+    """``case``'s queue, and an event set once a receive on it is under way.
+
+    The local queue's receive is under way once its claim has come back empty: from then on
+    it waits, and a send wakes it. An SQS receive is under way once its ReceiveMessage
+    request has been handed, whole, to the emulator: the queue is reached through a relay
+    that watches the requests go by (the emulators show a waiting poll in no other way).
+    """
+    queue = case.queue
+    if isinstance(queue, LocalQueue):
+        yield queue, watch_local_claims(queue, monkeypatch)
+        return
+    assert isinstance(queue, SqsQueue)
+    async with SqsRelay(os.environ["AWS_ENDPOINT_URL_SQS"]) as relay:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", relay.url)
+        relayed = SqsQueue(queue.url)
+        await relayed.open()
+        try:
+            yield relayed, relay.receiving
+        finally:
+            await relayed.close()
+
+
+def watch_local_claims(queue: LocalQueue, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set when a claim on ``queue`` (in its worker thread) has found nothing."""
+    looked = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    claim = queue._claim
+
+    def claim_and_tell(max_messages: int, visibility: float) -> list[Received]:
+        found = claim(max_messages, visibility)
+        if not found:
+            loop.call_soon_threadsafe(looked.set)
+        return found
+
+    monkeypatch.setattr(queue, "_claim", claim_and_tell)
+    return looked
+
+
+async def long_poll(
+    queue: ScanQueue, polling: asyncio.Event, *, wait: float, timeout: float = 10
+) -> asyncio.Task[list[Received]]:
+    """A receive of one message for up to ``wait`` s, under way (``polling`` is set) and still
+    waiting when this returns."""
+    poll = asyncio.create_task(queue.receive(max_messages=1, wait=wait, visibility=LONG))
+    started = asyncio.ensure_future(polling.wait())
+    try:
+        await asyncio.wait({poll, started}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if poll.done():
+            pytest.fail(f"the poll ended before any message was sent: {poll.result()!r}")
+        assert polling.is_set(), f"the poll was not under way within {timeout} s"
+    except BaseException:
+        poll.cancel()
+        raise
+    finally:
+        started.cancel()
+    return poll
+
+
+class SqsRelay:
+    """A TCP relay to an SQS endpoint (``url`` is its own): ``receiving`` is set once a whole
+    ReceiveMessage request has been handed to the endpoint."""
+
+    def __init__(self, endpoint: str) -> None:
+        upstream = urlsplit(endpoint)
+        self._upstream = (upstream.hostname, upstream.port)
+        self.receiving = asyncio.Event()
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> SqsRelay:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self._server.abort_clients()
+        await self._server.wait_closed()
+
+    async def _relay(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        upstream, to_upstream = await asyncio.open_connection(*self._upstream)
+        answers = asyncio.create_task(_copy(upstream, to_client))
+        try:
+            while True:  # one request at a time, as HTTP/1.1 sends them on a connection
+                head = await client.readuntil(b"\r\n\r\n")
+                request = head + await client.readexactly(_content_length(head))
+                to_upstream.write(request)
+                await to_upstream.drain()
+                if b"ReceiveMessage" in request:
+                    self.receiving.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            answers.cancel()
+            for writer in (to_upstream, to_client):
+                writer.close()
+            await asyncio.gather(answers, return_exceptions=True)
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+        assert name.strip().lower() != b"transfer-encoding", head  # botocore sends lengths
+    return 0
+
+
+async def _copy(source: asyncio.StreamReader, to: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await source.read(65536):
+            to.write(data)
+            await to.drain()
+    to.close()
+
+
 # --- both implementations ---------------------------------------------------------------
 
 
@@ -140,12 +269,13 @@ async def test_receive_returns_up_to_max_messages(case: Case) -> None:
     assert sorted(seen) == sorted(f"message {index}" for index in range(12))
 
 
-async def test_long_poll_returns_when_a_message_arrives(case: Case) -> None:
-    queue = case.queue
-    poll = asyncio.create_task(queue.receive(max_messages=1, wait=20, visibility=LONG))
-    await asyncio.sleep(0.3)  # let the poll start; nothing below depends on this
-    await queue.send("late")
-    messages = await asyncio.wait_for(poll, 10)  # well before the 20 s poll runs out
+async def test_long_poll_returns_when_a_message_arrives(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with watched_polls(case, monkeypatch) as (queue, polling):
+        poll = await long_poll(queue, polling, wait=20)
+        await queue.send("late")
+        messages = await asyncio.wait_for(poll, 10)  # well before the 20 s poll runs out
     assert [message.body for message in messages] == ["late"]
 
 
@@ -229,21 +359,22 @@ async def test_depth_counts_visible_in_flight_and_delayed(case: Case) -> None:
     assert depth.in_flight == 1
 
 
-async def test_cancelled_long_poll_raises_cancelled_error(case: Case) -> None:
-    queue = case.queue
-    # 5 s, not 20: moto and ministack go on serving an abandoned poll until its wait is
-    # over (and ministack's server then takes that long to stop at the end of the session)
-    poll = asyncio.create_task(queue.receive(max_messages=1, wait=5, visibility=LONG))
-    await asyncio.sleep(0.3)  # let the poll start; nothing below depends on this
-    started = time.monotonic()
-    poll.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await poll
-    assert time.monotonic() - started < 2
-    # The queue is still usable. (Not by receiving: the abandoned poll, still running in
-    # the emulator, would take a message sent now and hide it for its visibility timeout.)
-    await queue.ping()
-    assert await queue.depth() == QueueDepth(visible=0, in_flight=0, delayed=0)
+async def test_cancelled_long_poll_raises_cancelled_error(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with watched_polls(case, monkeypatch) as (queue, polling):
+        # 5 s, not 20: moto and ministack go on serving an abandoned poll until its wait is
+        # over (and ministack's server then takes that long to stop at the end of the session)
+        poll = await long_poll(queue, polling, wait=5)
+        started = time.monotonic()
+        poll.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await poll
+        assert time.monotonic() - started < 2
+        # The queue is still usable. (Not by receiving: the abandoned poll, still running in
+        # the emulator, would take a message sent now and hide it for its visibility timeout.)
+        await queue.ping()
+        assert await queue.depth() == QueueDepth(visible=0, in_flight=0, delayed=0)
 
 
 async def test_limits_are_clamped(case: Case) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from uuid import UUID
 
+import dd_compat
 import pytest
 from werkzeug.datastructures import FileStorage
 
@@ -449,7 +450,9 @@ async def test_trace_id_travels_from_the_upload_to_scan_files(client, scanfiles,
     assert response.headers["X-B3-TraceId"] == trace_id
     await scans_done(client.app)
     assert scanfiles.requests[-1].headers["X-Scanning-Request-Id"] == trace_id
-    # the scan's own log lines, written after the response, carry the request's id
+    # the scan's own log lines, written after the response, carry the request's id; they are
+    # written by the logging thread, so wait for it to catch up
+    dd_compat.flush_logs()
     scan_lines = [line for line in capsys.readouterr().out.splitlines() if "Scan finished" in line]
     assert scan_lines and trace_id in scan_lines[-1]
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,32 +37,12 @@ import pytest
 from hypercorn.config import Config as HypercornConfig
 
 from dd_api.app import create_app
-from tests.helpers import (
-    SERVICE_ID,
-    free_port,
-    hypercorn_in_thread,
-    production_command,
-    wait_for_http,
-)
+from tests.helpers import ROOT, SERVICE_ID, hypercorn_in_thread, production_server
 from tests.support.scanfiles import EICAR, ScanFilesStandIn
 
-ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 256 * 1024
 PDF = b"%PDF-1.4 secrets test "
 OTHER_SERVICE = "11111111-1111-1111-1111-111111111111"
-
-
-def _compat_wired() -> bool:
-    try:
-        app = create_app({"NOTIFY_ENVIRONMENT": "test", "LOCAL_STORE_PATH": "/nonexistent"})
-    except Exception:
-        return False
-    finally:
-        logging.getLogger("dd_api").handlers.clear()
-    return "dd_compat" in app.extensions
-
-
-COMPAT = _compat_wired()
 
 
 @dataclass
@@ -219,13 +198,10 @@ def drive_every_route(driver: Driver, store: Path | None) -> None:
     driver.expect(200, "status", "GET", "/_status")
     driver.expect(200, "status, second proxy key", "GET", "/_status", forwarder="2")
     driver.expect(200, "openapi", "GET", "/openapi.json")
-    if COMPAT:
-        # the shallow /_status is for load balancers, which send no proxy header
-        driver.expect(
-            403, "metrics, wrong proxy key", "GET", "/metrics", forwarder=secrets.wrong_route
-        )
-        driver.expect(403, "metrics, no proxy key", "GET", "/metrics", forwarder=None)
-        driver.expect(200, "status, no proxy key", "GET", "/_status", forwarder=None)
+    # the shallow /_status is for load balancers, which send no proxy header
+    driver.expect(403, "metrics, wrong proxy key", "GET", "/metrics", forwarder=secrets.wrong_route)
+    driver.expect(403, "metrics, no proxy key", "GET", "/metrics", forwarder=None)
+    driver.expect(200, "status, no proxy key", "GET", "/_status", forwarder=None)
 
     # uploads and their background scans: clean, malicious, failing, key refused, held
     clean = driver.upload("upload, link", PDF + b"clean", filename="report.pdf")
@@ -268,16 +244,15 @@ def drive_every_route(driver: Driver, store: Path | None) -> None:
     driver.expect(411, "upload, chunked", "POST", docs, content=chunked, headers=multipart)
     big = {"document": ("d", PDF + b"x" * LIMIT)}
     driver.expect(413, "upload, too large", "POST", docs, files=big, headers=auth)
-    if COMPAT:
-        driver.expect(
-            403,
-            "upload, wrong proxy key",
-            "POST",
-            docs,
-            files=one,
-            headers=auth,
-            forwarder=secrets.wrong_route,
-        )
+    driver.expect(
+        403,
+        "upload, wrong proxy key",
+        "POST",
+        docs,
+        files=one,
+        headers=auth,
+        forwarder=secrets.wrong_route,
+    )
 
     # downloads
     key, wrong = clean["key"], secrets.wrong_key
@@ -293,8 +268,7 @@ def drive_every_route(driver: Driver, store: Path | None) -> None:
     driver.expect(404, "short link, malicious", "GET", malicious["short"])
     driver.expect(404, "short link, wrong key", "GET", clean["short"].replace(key, wrong))
     driver.expect(200, "download, failed scan", "GET", failed["direct"])
-    if COMPAT:
-        driver.expect(403, "download, no proxy key", "GET", clean["direct"], forwarder=None)
+    driver.expect(403, "download, no proxy key", "GET", clean["direct"], forwarder=None)
 
     # scan verdicts
     verdict = f"{docs}/{clean['id']}/scan-verdict"
@@ -403,6 +377,11 @@ def store_env(request: pytest.FixtureRequest, ssec_env) -> dict[str, str]:
     return ssec_env(request.param)
 
 
+def local_store(store_env: dict[str, str], store: Path) -> Path | None:
+    """``store`` when the server keeps documents there, else None (S3)."""
+    return store if store_env["DOCUMENT_STORE"] == "local" else None
+
+
 # -- the production command --------------------------------------------------------------------
 
 
@@ -412,36 +391,18 @@ def test_no_secret_leaks_from_the_production_server(
 ) -> None:
     secrets = Secrets()
     store = tmp_path / "docs"
-    port = free_port()
-    log = tmp_path / "server.log"
-    with ScanFilesStandIn(api_key=secrets.scan_key) as scanfiles:
-        env = {
-            **os.environ,
-            **secrets.env(),
-            **store_env,
-            "DEBUG": debug,
-            "LOCAL_STORE_PATH": str(store),
-            "ANTIVIRUS_API_HOST": scanfiles.url,
-        }
-        process = subprocess.Popen(
-            production_command(port),
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for_http(f"http://127.0.0.1:{port}/_status", process)
-            driver = Driver(f"http://127.0.0.1:{port}", secrets, scanfiles)
-            drive_every_route(driver, store if store_env["DOCUMENT_STORE"] == "local" else None)
-        finally:
-            process.terminate()
-            process.wait(20)
-    output = log.read_text(errors="replace")
+    env = {**secrets.env(), **store_env, "DEBUG": debug}
+    with (
+        ScanFilesStandIn(api_key=secrets.scan_key) as scanfiles,
+        production_server(tmp_path, scanfiles, env, store=store) as server,
+    ):
+        driver = Driver(server.url, secrets, scanfiles)
+        drive_every_route(driver, local_store(store_env, store))
+    output = server.output()  # complete: the server has exited (SIGTERM) by now
     assert "'NOTIFY_LOG_LEVEL': 'DEBUG'" in output or '"NOTIFY_LOG_LEVEL": "DEBUG"' in output
     assert '"GET /d/' in output and '"DELETE /services/' in output  # the access log is there
     assert "Scan finished" in output
-    assert_no_leaks(driver, output, store if store_env["DOCUMENT_STORE"] == "local" else None)
+    assert_no_leaks(driver, output, local_store(store_env, store))
 
 
 # -- the app in this process: its log records, before formatting -------------------------------
@@ -497,7 +458,7 @@ def test_no_secret_leaks_from_the_app_log_records(
                 app, HypercornConfig.from_toml(str(ROOT / "hypercorn.toml"))
             ) as url:
                 driver = Driver(url, secrets, scanfiles)
-                drive_every_route(driver, store if store_env["DOCUMENT_STORE"] == "local" else None)
+                drive_every_route(driver, local_store(store_env, store))
         finally:
             logging.getLogger("dd_api").handlers.clear()
     captured = capfd.readouterr()
@@ -507,5 +468,5 @@ def test_no_secret_leaks_from_the_app_log_records(
     assert_no_leaks(
         driver,
         "\n".join([text, captured.out, captured.err]),
-        store if store_env["DOCUMENT_STORE"] == "local" else None,
+        local_store(store_env, store),
     )

@@ -3,12 +3,18 @@ Quart.
 
 ``init_app(app)`` sets the config defaults, picks the mode (``notifications_utils`` when it
 can be imported, else built-in implementations with the same observable behaviour), configures
-logging and registers the request hooks: trace ids and the proxy-header check before each
-request, ``X-B3-TraceId``/``X-B3-SpanId`` on every response.
+logging (formatted and written in a listener thread, started here and before serving, stopped
+after serving: see ``dd_compat.logging``) and registers the request hooks: trace ids and the
+proxy-header check before each request, ``X-B3-TraceId``/``X-B3-SpanId`` on every response.
+
+It is also the one home of helpers dd_api shares with it: :func:`parse_bool`/:func:`as_bool`,
+:func:`json_error`, :func:`matching_secret` and the trace header names
+(:data:`TRACE_ID_HEADER`, :data:`SPAN_ID_HEADER`, :data:`PARENT_SPAN_ID_HEADER`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging as std_logging  # dd_compat.logging would shadow the name
@@ -20,10 +26,11 @@ from quart import current_app, request
 
 from dd_compat import base64_ids, tracing
 from dd_compat.bridge import call_flask_bound, create_shadow_app
+from dd_compat.helpers import as_bool, json_error, matching_secret, parse_bool
 from dd_compat.ids import base64_to_bytes, base64_to_uuid, bytes_to_base64, uuid_to_base64
-from dd_compat.logging import configure_logging, log_level
+from dd_compat.logging import configure_logging, flush_logs, log_level
 from dd_compat.modes import load_notifications_utils, notifications_utils_available
-from dd_compat.proxy import as_bool, check_proxy_header
+from dd_compat.proxy import check_proxy_header
 from dd_compat.state import (
     BUILTIN,
     EXTENSION_KEY,
@@ -32,7 +39,11 @@ from dd_compat.state import (
     get_state,
 )
 from dd_compat.tracing import (
+    DEFAULT_HEADERS,
     NO_REQUEST_ID,
+    PARENT_SPAN_ID_HEADER,
+    SPAN_ID_HEADER,
+    TRACE_ID_HEADER,
     TraceIds,
     current_trace_id,
     current_trace_ids,
@@ -47,25 +58,31 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NO_REQUEST_ID",
+    "PARENT_SPAN_ID_HEADER",
+    "SPAN_ID_HEADER",
+    "TRACE_ID_HEADER",
     "CompatState",
     "TraceIds",
+    "as_bool",
     "base64_to_bytes",
     "base64_to_uuid",
     "bytes_to_base64",
     "call_flask_bound",
     "current_trace_id",
     "current_trace_ids",
+    "flush_logs",
     "get_state",
     "init_app",
+    "json_error",
+    "matching_secret",
     "notifications_utils_available",
     "outgoing_trace_headers",
+    "parse_bool",
     "uuid_to_base64",
 ]
 
 CONFIG_DEFAULTS: dict[str, object] = {
-    "NOTIFY_TRACE_ID_HEADER": "X-B3-TraceId",
-    "NOTIFY_SPAN_ID_HEADER": "X-B3-SpanId",
-    "NOTIFY_PARENT_SPAN_ID_HEADER": "X-B3-ParentSpanId",
+    **DEFAULT_HEADERS,  # NOTIFY_TRACE_ID_HEADER etc.: TRACE_ID_HEADER, ...
     "NOTIFY_LOG_LEVEL": "INFO",
     "NOTIFY_APP_NAME": "Name",
     # The anchor's value; notifications_utils.logging would otherwise create ./log/.
@@ -92,7 +109,7 @@ def init_app(
     for key, value in CONFIG_DEFAULTS.items():
         app.config.setdefault(key, value)
     # notifications_utils reads the flag with a plain truth test: "false" would be true.
-    app.config["CHECK_PROXY_HEADER"] = as_bool(app.config["CHECK_PROXY_HEADER"])
+    app.config["CHECK_PROXY_HEADER"] = _config_flag(app, "CHECK_PROXY_HEADER")
     # ... and passes the level name to logging as is: "info" would be rejected.
     level = log_level(app.config["NOTIFY_LOG_LEVEL"])
     level_name = std_logging.getLevelName(level)
@@ -118,7 +135,7 @@ def init_app(
     state.proxy_check_exempt = proxy_check_exempt
     app.extensions[EXTENSION_KEY] = state
 
-    debug = as_bool(app.config.get("DEBUG", False))
+    debug = _config_flag(app, "DEBUG")
     state.log_handler = configure_logging(app, state.nu_logging, debug=debug)
     if state.nu_logging is not None:
         _init_notifications_utils_logging(state.nu_logging, shadow)
@@ -129,6 +146,10 @@ def init_app(
     if _after_request not in after:
         # after_request functions run in reverse order: index 0 runs last, after the app's own
         after.insert(0, _after_request)
+    if _start_logging not in app.before_serving_funcs:
+        app.before_serving_funcs.insert(0, _start_logging)
+    if _stop_logging not in app.after_serving_funcs:
+        app.after_serving_funcs.append(_stop_logging)  # moved to the end again by _start_logging
 
     logger = std_logging.getLogger(app.name)
     logger.info("Logging configured", extra={"compat_mode": state.mode})
@@ -137,6 +158,33 @@ def init_app(
             "notifications_utils.logging is not importable (%s): using dd_compat's log filters",
             state.nu_logging_error,
         )
+
+
+def _config_flag(app: quart.Quart, key: str) -> bool:
+    try:
+        return as_bool(app.config.get(key))
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
+
+
+async def _start_logging() -> None:
+    """before_serving: (re)start the log listener, and keep :func:`_stop_logging` the last
+    after_serving step, behind those the app registered after ``init_app``."""
+    handler = get_state(current_app).log_handler
+    if handler is not None:
+        handler.start()
+    funcs = current_app.after_serving_funcs
+    if _stop_logging in funcs:
+        funcs.remove(_stop_logging)
+    funcs.append(_stop_logging)
+
+
+async def _stop_logging() -> None:
+    """after_serving, last: write every queued line and stop the listener (in a worker
+    thread: it waits for the listener). A line logged later is written where it is logged."""
+    handler = get_state(current_app).log_handler
+    if handler is not None:
+        await asyncio.to_thread(handler.stop)
 
 
 def _init_notifications_utils_logging(nu_logging: ModuleType, shadow: flask.Flask) -> None:

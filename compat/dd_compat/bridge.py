@@ -121,13 +121,13 @@ async def call_flask_bound[T](func: Callable[..., T], /, *args: Any, **kwargs: A
         make_context: Callable[[], Any] = partial(state.shadow.request_context, environ)
     else:
         make_context = state.shadow.app_context
-    quart_g = g._get_current_object()  # type: ignore[attr-defined]
+    quart_g = g._get_current_object()
     before = dict(vars(quart_g))
     after: list[dict[str, Any]] = []
 
     def _inner() -> T:
         with make_context():
-            flask_g = vars(flask.g._get_current_object())  # type: ignore[attr-defined]
+            flask_g = vars(flask.g._get_current_object())
             flask_g.update(before)
             try:
                 return func(*args, **kwargs)
@@ -135,7 +135,9 @@ async def call_flask_bound[T](func: Callable[..., T], /, *args: Any, **kwargs: A
                 after.append(dict(flask_g))
 
     try:
-        return await run_sync(_inner)()
+        # run_sync is typed as returning Any; the value is _inner's, a T
+        result: T = await run_sync(_inner)()
+        return result
     finally:
         if after:  # empty if cancelled before the worker finished
             _sync_g(quart_g, before, after[0])

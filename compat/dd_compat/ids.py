@@ -7,21 +7,20 @@ no app context) ``dd_compat.base64_ids``. Both behave the same (contract §2.3).
 
 from __future__ import annotations
 
-from types import ModuleType
 from uuid import UUID
 
 from quart import current_app, has_app_context
 
 from dd_compat import base64_ids
-from dd_compat.state import EXTENSION_KEY
+from dd_compat.state import EXTENSION_KEY, Base64Helpers, CompatState
 
 __all__ = ["base64_to_bytes", "base64_to_uuid", "bytes_to_base64", "uuid_to_base64"]
 
 
-def _impl() -> ModuleType:
+def _impl() -> Base64Helpers:
     if has_app_context():
         state = current_app.extensions.get(EXTENSION_KEY)
-        if state is not None:
+        if isinstance(state, CompatState):
             return state.base64
     return base64_ids
 

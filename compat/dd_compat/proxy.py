@@ -8,38 +8,32 @@ header value) and answered with 403 JSON. In notifications_utils mode the librar
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Final
 
-from quart import Response, current_app, jsonify, request
+from quart import Response, current_app, request
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from dd_compat.bridge import call_flask_bound
+from dd_compat.helpers import as_bool, json_error, matching_secret
 from dd_compat.state import CompatState
 
 __all__ = [
     "FORBIDDEN_MESSAGE",
     "PROXY_HEADER",
-    "as_bool",
     "check_proxy_header",
     "check_proxy_header_secret",
 ]
 
-PROXY_HEADER = "X-Custom-Forwarder"
-FORBIDDEN_MESSAGE = "Forbidden; missing or invalid proxy header"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-
-
-def as_bool(value: object) -> bool:
-    """Config flags may come from the environment as strings: "true"/"1"/"yes"/"on" are true."""
-    if isinstance(value, str):
-        return value.strip().lower() in _TRUE
-    return bool(value)
+PROXY_HEADER: Final = "X-Custom-Forwarder"
+FORBIDDEN_MESSAGE: Final = "Forbidden; missing or invalid proxy header"
 
 
 def check_proxy_header_secret(
-    headers: Mapping[str, str], secrets: Sequence[str | None], header: str = PROXY_HEADER
+    headers: Headers | Mapping[str, str],
+    secrets: Sequence[str | None],
+    header: str = PROXY_HEADER,
 ) -> tuple[bool, str]:
     """Same outcomes and messages as ``notifications_utils.request_helper``; constant-time."""
     if header not in headers:
@@ -49,21 +43,15 @@ def check_proxy_header_secret(
         return False, "Header exists but is empty"
     if not any(secrets):
         return False, "Secrets are not configured"
-    for number, secret in enumerate(secrets, start=1):
-        if secret and hmac.compare_digest(presented.encode(), str(secret).encode()):
-            return True, f"Key used: {number}"
+    index = matching_secret(presented, secrets)
+    if index is not None:
+        return True, f"Key used: {index + 1}"
     return False, "Header didn't match any keys"
-
-
-def _forbidden() -> Response:
-    response = jsonify({"error": FORBIDDEN_MESSAGE})
-    response.status_code = 403
-    return response
 
 
 async def check_proxy_header(state: CompatState) -> Response | None:
     """before_request step: ``None`` to go on, or the 403 response."""
-    config: Any = current_app.config
+    config = current_app.config
     if not as_bool(config.get("CHECK_PROXY_HEADER", False)):
         return None
     if state.proxy_check_exempt is not None and state.proxy_check_exempt():
@@ -73,7 +61,7 @@ async def check_proxy_header(state: CompatState) -> Response | None:
             await call_flask_bound(state.request_helper.check_proxy_header_before_request)
         except HTTPException as error:
             if error.code == 403:
-                return _forbidden()
+                return json_error(403, FORBIDDEN_MESSAGE)
             raise
         return None
     secrets = [config.get("ROUTE_SECRET_KEY_1"), config.get("ROUTE_SECRET_KEY_2")]
@@ -81,4 +69,4 @@ async def check_proxy_header(state: CompatState) -> Response | None:
     if ok:
         return None
     current_app.logger.warning(reason)
-    return _forbidden()
+    return json_error(403, FORBIDDEN_MESSAGE)

@@ -12,13 +12,18 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from quart import current_app, has_app_context, has_request_context, request
+from werkzeug.datastructures import Headers
 
 __all__ = [
     "DEFAULT_HEADERS",
     "NO_REQUEST_ID",
+    "PARENT_SPAN_ID_HEADER",
+    "SPAN_ID_HEADER",
+    "TRACE_ID_HEADER",
     "TraceIds",
     "current_trace_id",
     "current_trace_ids",
@@ -34,12 +39,20 @@ __all__ = [
 
 NO_REQUEST_ID = "no-request-id"
 
-#: Config key -> default header name (as in ``notifications_utils.request_helper.init_app``).
-DEFAULT_HEADERS: dict[str, str] = {
-    "NOTIFY_TRACE_ID_HEADER": "X-B3-TraceId",
-    "NOTIFY_SPAN_ID_HEADER": "X-B3-SpanId",
-    "NOTIFY_PARENT_SPAN_ID_HEADER": "X-B3-ParentSpanId",
-}
+#: The default trace header names (as in ``notifications_utils.request_helper.init_app``); the
+#: one place they are written. ``NOTIFY_*_HEADER`` in the config overrides them.
+TRACE_ID_HEADER: Final = "X-B3-TraceId"
+SPAN_ID_HEADER: Final = "X-B3-SpanId"
+PARENT_SPAN_ID_HEADER: Final = "X-B3-ParentSpanId"
+
+#: Config key -> default header name.
+DEFAULT_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "NOTIFY_TRACE_ID_HEADER": TRACE_ID_HEADER,
+        "NOTIFY_SPAN_ID_HEADER": SPAN_ID_HEADER,
+        "NOTIFY_PARENT_SPAN_ID_HEADER": PARENT_SPAN_ID_HEADER,
+    }
+)
 
 # Caller-supplied ids are echoed into response headers and logs: accept printable ASCII up to
 # this length (B3 ids are 16 or 32 hex chars) and treat anything else as absent.
@@ -74,8 +87,9 @@ def generate_span_id() -> str:
 
 def header_names(config: Mapping[str, Any] | None = None) -> tuple[str, str, str]:
     """(trace, span, parent span) header names from the config, with the defaults."""
-    config = config if config is not None else {}
-    return tuple(config.get(key) or default for key, default in DEFAULT_HEADERS.items())  # type: ignore[return-value]
+    values: Mapping[str, Any] = config if config is not None else {}
+    trace, span, parent = (values.get(key) or default for key, default in DEFAULT_HEADERS.items())
+    return str(trace), str(span), str(parent)
 
 
 def _clean(value: object) -> str | None:
@@ -95,14 +109,14 @@ def resolve_trace_ids(trace_id: object, span_id: object, parent_span_id: object 
     )
 
 
-def ids_from_headers(headers: Mapping[str, str], config: Mapping[str, Any]) -> TraceIds:
+def ids_from_headers(headers: Headers | Mapping[str, str], config: Mapping[str, Any]) -> TraceIds:
     """The built-in reading of the trace headers (case-insensitive, empty = absent)."""
     trace, span, parent = header_names(config)
     return resolve_trace_ids(headers.get(trace), headers.get(span), headers.get(parent))
 
 
 def _request_key() -> int:
-    return id(request._get_current_object())  # type: ignore[attr-defined]
+    return id(request._get_current_object())
 
 
 def set_current_trace_ids(ids: TraceIds) -> None:

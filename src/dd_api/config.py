@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TypedDict
 from uuid import UUID
 
+from dd_compat import PARENT_SPAN_ID_HEADER, SPAN_ID_HEADER, TRACE_ID_HEADER, parse_bool
+
 from .queue.message import parse_queue_key
 
 ENVIRONMENTS = ("development", "test", "scratch", "dev", "staging", "production")
@@ -123,9 +125,9 @@ class Settings:
     SCAN_BACKLOG_MEMORY_BYTES: int = 64 * 1024 * 1024
     SCAN_BACKLOG_DISK_BYTES: int = 512 * 1024 * 1024
     PENDING_SCAN_MAX_AGE_SECONDS: float = 3600.0
-    NOTIFY_TRACE_ID_HEADER: str = "X-B3-TraceId"
-    NOTIFY_SPAN_ID_HEADER: str = "X-B3-SpanId"
-    NOTIFY_PARENT_SPAN_ID_HEADER: str = "X-B3-ParentSpanId"
+    NOTIFY_TRACE_ID_HEADER: str = TRACE_ID_HEADER
+    NOTIFY_SPAN_ID_HEADER: str = SPAN_ID_HEADER
+    NOTIFY_PARENT_SPAN_ID_HEADER: str = PARENT_SPAN_ID_HEADER
     CHECK_PROXY_HEADER: bool = False
     ROUTE_SECRET_KEY_1: str = ""
     ROUTE_SECRET_KEY_2: str = ""
@@ -226,10 +228,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
             env, "SCAN_BACKLOG_DISK_BYTES", Settings.SCAN_BACKLOG_DISK_BYTES, minimum=0
         ),
         PENDING_SCAN_MAX_AGE_SECONDS=_float(env, "PENDING_SCAN_MAX_AGE_SECONDS", 3600.0),
-        NOTIFY_TRACE_ID_HEADER=_nonempty(env, "NOTIFY_TRACE_ID_HEADER", "X-B3-TraceId"),
-        NOTIFY_SPAN_ID_HEADER=_nonempty(env, "NOTIFY_SPAN_ID_HEADER", "X-B3-SpanId"),
+        NOTIFY_TRACE_ID_HEADER=_nonempty(env, "NOTIFY_TRACE_ID_HEADER", TRACE_ID_HEADER),
+        NOTIFY_SPAN_ID_HEADER=_nonempty(env, "NOTIFY_SPAN_ID_HEADER", SPAN_ID_HEADER),
         NOTIFY_PARENT_SPAN_ID_HEADER=_nonempty(
-            env, "NOTIFY_PARENT_SPAN_ID_HEADER", "X-B3-ParentSpanId"
+            env, "NOTIFY_PARENT_SPAN_ID_HEADER", PARENT_SPAN_ID_HEADER
         ),
         CHECK_PROXY_HEADER=_bool(env, "CHECK_PROXY_HEADER", False),
         ROUTE_SECRET_KEY_1=env.get("ROUTE_SECRET_KEY_1", ""),
@@ -255,12 +257,10 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false; got {raw!r}")
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be true or false; got {raw!r}") from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from quart import Quart, Response, jsonify, request
+from dd_compat import json_error
+from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from .runtime import runtime
@@ -22,12 +23,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def json_error(status: int, message: str) -> Response:
-    response = jsonify(error=message)
-    response.status_code = status
-    return response
 
 
 def register(app: Quart) -> None:

@@ -56,13 +56,21 @@ def nu_only(mode: str) -> str:
 
 
 class LogCapture:
-    """Lines written by the dd_compat handler of the app's logger."""
+    """Lines written by the dd_compat handler of the app's logger.
+
+    Lines are written by the handler's listener thread: reading waits until everything
+    logged so far has been written (``dd_compat.flush_logs``).
+    """
 
     def __init__(self) -> None:
         self.stream = io.StringIO()
 
+    def text(self) -> str:
+        dd_compat.flush_logs()
+        return self.stream.getvalue()
+
     def lines(self) -> list[str]:
-        return [line for line in self.stream.getvalue().splitlines() if line]
+        return [line for line in self.text().splitlines() if line]
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.lines()]
@@ -90,7 +98,7 @@ def make_app(mode: str, logs: LogCapture) -> Iterator[Callable[..., Quart]]:
         dd_compat.init_app(app, use_notifications_utils=mode == NOTIFICATIONS_UTILS)
         handler = dd_compat.get_state(app).log_handler
         assert handler is not None
-        handler.setStream(logs.stream)  # type: ignore[attr-defined]
+        handler.setStream(logs.stream)
         return app
 
     yield _make

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import dd_compat
 import pytest
-from dd_compat.proxy import FORBIDDEN_MESSAGE, as_bool, check_proxy_header_secret
+from dd_compat import as_bool
+from dd_compat.proxy import FORBIDDEN_MESSAGE, check_proxy_header_secret
 from quart import Quart
 
 SECRET_1 = "route-secret-one"
@@ -45,7 +47,7 @@ async def test_wrong_header_forbidden(
     assert response.headers["X-B3-TraceId"] == "a" * 32
     warning = logs.find("Header didn't match any keys")
     assert warning["levelname"] == "WARNING" and warning["requestId"] == "a" * 32
-    assert WRONG not in logs.stream.getvalue()
+    assert WRONG not in logs.text()
 
 
 @pytest.mark.parametrize(
@@ -135,3 +137,24 @@ def test_check_proxy_header_secret() -> None:
 def test_as_bool() -> None:
     assert [as_bool(v) for v in (True, 1, "true", "TRUE", " yes ", "on", "1")] == [True] * 7
     assert [as_bool(v) for v in (False, 0, None, "", "false", "0", "no")] == [False] * 7
+    for junk in ("maybe", "ture", "2", 2, 0.0, []):
+        with pytest.raises(ValueError, match="expected true or false"):
+            as_bool(junk)
+
+
+@pytest.mark.parametrize("key", ["CHECK_PROXY_HEADER", "DEBUG"])
+def test_junk_flag_is_an_error(mode: str, make_app: Callable[..., Quart], key: str) -> None:
+    with pytest.raises(ValueError, match=f"{key}: expected true or false.*'maybe'"):
+        make_app(**{key: "maybe"})
+
+
+async def test_forbidden_body_is_json_error(
+    mode: str, make_proxied_app: Callable[..., Quart]
+) -> None:
+    app = make_proxied_app(CHECK_PROXY_HEADER=True)
+    response = await app.test_client().get("/_status", headers={"X-Custom-Forwarder": WRONG})
+    async with app.app_context():
+        expected = dd_compat.json_error(403, FORBIDDEN_MESSAGE)
+    assert response.status_code == expected.status_code == 403
+    assert await response.get_data() == await expected.get_data()
+    assert response.headers["Content-Type"] == expected.headers["Content-Type"]

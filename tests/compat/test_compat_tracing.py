@@ -256,9 +256,16 @@ async def test_ids_used_before_the_hook_are_kept(mode: str, app: Quart, logs: An
     assert (await response.get_json())["trace_id"] == trace_id
 
 
-async def test_init_app_twice_registers_hooks_once(mode: str, app: Quart) -> None:
+async def test_init_app_twice_registers_hooks_once(mode: str, app: Quart, logs: Any) -> None:
+    first = dd_compat.get_state(app).log_handler
     dd_compat.init_app(app, use_notifications_utils=mode == "notifications_utils")
+    handler = dd_compat.get_state(app).log_handler
+    assert handler is not None and handler is not first
+    handler.setStream(logs.stream)
+    assert first is not None and not first.running  # replaced: closed, its listener ended
     assert len(app.before_request_funcs[None]) == 1
     assert len(app.after_request_funcs[None]) == 1
+    assert len(app.before_serving_funcs) == 1
+    assert len(app.after_serving_funcs) == 1
     response = await app.test_client().get("/ids", headers={"X-B3-TraceId": TRACE})
     assert response.headers.getlist("X-B3-TraceId") == [TRACE]

@@ -17,10 +17,11 @@ from typing import Any
 from urllib.parse import quote
 from uuid import UUID
 
+from dd_compat import json_error
 from quart import Blueprint, Response, current_app, request
 from werkzeug.exceptions import NotFound
 
-from ..errors import ApiError, json_error
+from ..errors import ApiError
 from ..runtime import runtime
 from ..scanning.verdict import Verdict, classify
 from ..store import DocumentStore, Location, StoredDocument
