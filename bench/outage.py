@@ -6,7 +6,7 @@ bucket and one scan queue on the moto server, and scan with a stand-in that is n
 sizes interleaved, the servers taken in turn) arrive at concurrency 16; scan-files comes back
 once they are all answered and the outage has lasted ``down_s``. The cell then waits for every
 document's verdict and for the queue to empty (so that a late second scan would be counted),
-stops the stand-in, which writes its scans by SHA-256 (bench/standin.py), and reports:
+stops the stand-in, which writes its scans by SHA-256 (its --counts file), and reports:
 
 * the peak RSS of each dd-api process (VmHWM, and the RSS sampled every 0.2 s);
 * the peak bytes under each TMPDIR (files there, and removed files still held open);

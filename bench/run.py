@@ -252,8 +252,8 @@ class Servers:
 
     def start_counting_scanner(self, name: str, port: int, counts: Path) -> Proc:
         """A 0 s stand-in on ``port`` that writes its scans by SHA-256 to ``counts`` when it
-        stops (bench/standin.py)."""
-        argv = [sys.executable, "-m", "bench.standin", "--port", str(port)]
+        stops."""
+        argv = [sys.executable, "-m", "tests.support.scanfiles", "--port", str(port)]
         argv += ["--api-key", SCAN_KEY, "--counts", str(counts)]
         proc = self._start(name, argv)
         proc.wait_ready(f"http://127.0.0.1:{port}/healthcheck")

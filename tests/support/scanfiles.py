@@ -155,6 +155,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from types import FrameType
 from typing import Any, Self
 from urllib.parse import urlparse
@@ -1000,6 +1001,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per scan")
     parser.add_argument("--s3-endpoint", default=None, help="S3 server for POST /clamav/s3")
     parser.add_argument("--max-bytes", type=int, default=None, help="413 above this body size")
+    parser.add_argument(
+        "--counts",
+        type=Path,
+        default=None,
+        help="at exit, write the scans by SHA-256 and the request count to this JSON file",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -1019,6 +1026,11 @@ def main(argv: list[str] | None = None) -> None:
         standin.delay = args.delay
         print(f"scan-files stand-in listening on {standin.url}", flush=True)
         stop.wait()
+    if args.counts is not None:
+        counts = {"scans_by_checksum": standin.scans_by_checksum, "requests": len(standin.requests)}
+        partial = args.counts.with_suffix(".partial")  # the reader never sees half a file
+        partial.write_text(json.dumps(counts))
+        partial.replace(args.counts)
     print("scan-files stand-in stopped", flush=True)
 
 
