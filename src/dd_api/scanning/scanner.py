@@ -112,9 +112,12 @@ class Scanner:
 
     # -- the fast path -------------------------------------------------------------------
 
-    def hold(self, data: bytes | Path, size: int) -> Held | None:
+    def hold(self, size: int, data: Path | Callable[[], bytes]) -> Held | None:
         """Keep the bytes for a scan now, if a slot is free and the budget allows; else None
-        and the caller keeps nothing (a spool file stays the request's to remove)."""
+        and the caller keeps nothing (a spool file stays the request's to remove).
+
+        ``data`` is the spool file, or a reader of the bytes, called only once they are to
+        be kept: an upload left to the queue copies nothing."""
         budget = self.disk if isinstance(data, Path) else self.memory
         if self._s3_route is not None and self._s3_route.takes(size):
             return None  # polled under its queue message, which must exist first
@@ -125,7 +128,7 @@ class Scanner:
             return None
         if isinstance(data, Path):
             return Held(FileSource(data, size), size, budget, spool=data)
-        return Held(BytesSource(data), size, budget)
+        return Held(BytesSource(data()), size, budget)
 
     def release(self, held: Held) -> None:
         held.release(self.slots)

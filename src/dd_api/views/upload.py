@@ -20,7 +20,6 @@ from ..errors import ApiError
 from ..queue import ScanMessage
 from ..runtime import runtime
 from ..scanning.scanner import Held
-from ..scanning.source import BytesSource
 from ..scanning.verdict import AV_STATUS_TAG, IN_PROGRESS
 from ..spooling import SpoolingRequest
 from ..store import DocumentNotFound, Location, StoreError
@@ -151,15 +150,14 @@ def _hold_for_scan(stream: IO[bytes], size: int) -> Held | None:
     spool = cast(SpoolingRequest, request).spooled(stream)
     if spool is None and size > deps.settings.SCAN_MEMORY_THRESHOLD_BYTES:
         return None
-    scanner = deps.scanner
     if spool is not None:
-        return scanner.hold(spool, size)
-    held = scanner.hold(b"", size)  # reserve first: read the bytes only for a scan that runs
-    if held is None:
-        return None
-    stream.seek(0)
-    held.source = BytesSource(stream.read())
-    return held
+        return deps.scanner.hold(size, spool)
+
+    def read() -> bytes:
+        stream.seek(0)
+        return stream.read()
+
+    return deps.scanner.hold(size, read)
 
 
 async def _store_and_send(
